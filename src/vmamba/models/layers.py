@@ -1,0 +1,150 @@
+"""Small layers of the VMamba backbone: stems, downsamplers, MLP, drop path.
+
+Activations between layers are channel-last (B, H, W, C); convolutions run channel-first, with a
+``Permute`` on each side. The stems and downsamplers are ``nn.Sequential`` with the same child
+indices as the authors' release, so parameter names (``patch_embed.0``, ``downsample.1``, ...)
+match their checkpoints.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Permute(nn.Module):
+    """``x.permute(*dims)`` as a module."""
+
+    def __init__(self, *dims: int):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H, W, C)."""
+    return x.permute(0, 2, 3, 1)
+
+
+def to_channels_first(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) -> (B, C, H, W)."""
+    return x.permute(0, 3, 1, 2)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample with probability ``p``."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU (exact) -> dropout -> fc2 -> dropout, on channel-last tensors."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+def _norm(dim: int, enabled: bool = True) -> nn.Module:
+    return nn.LayerNorm(dim, eps=1e-5) if enabled else nn.Identity()
+
+
+class PatchEmbedV1(nn.Sequential):
+    """v0 stem: Conv(k=s=patch) -> NHWC -> LayerNorm. Children 0 (conv) and 2 (norm)."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int = 4, norm: bool = True):
+        super().__init__(
+            nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size, bias=True),
+            Permute(0, 2, 3, 1),
+            _norm(dim, norm),
+        )
+
+
+class PatchEmbedV2(nn.Sequential):
+    """v2 stem: two Conv3x3 stride-2 (to C/2, then C), each followed by a LayerNorm, GELU between.
+
+    Children 0 (conv), 2 (norm), 5 (conv), 7 (norm), as in the authors' release.
+    """
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int = 4, norm: bool = True):
+        stride = patch_size // 2
+        k = stride + 1
+        super().__init__(
+            nn.Conv2d(in_chans, dim // 2, kernel_size=k, stride=stride, padding=1),
+            Permute(0, 2, 3, 1),
+            _norm(dim // 2, norm),
+            Permute(0, 3, 1, 2),
+            nn.GELU(),
+            nn.Conv2d(dim // 2, dim, kernel_size=k, stride=stride, padding=1),
+            Permute(0, 2, 3, 1),
+            _norm(dim, norm),
+        )
+
+
+class PatchMerging2D(nn.Module):
+    """v1 downsampler: 2x2 neighbours concatenated -> LayerNorm(4C) -> Linear(4C, 2C, no bias).
+
+    Odd H or W is zero-padded first, so any input size works.
+    """
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim, eps=1e-5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[1:3]
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
+
+
+class ConvDownsample(nn.Sequential):
+    """v2/v3 downsampler: NCHW -> Conv (v2: 2x2 stride 2; v3: 3x3 stride 2 pad 1) -> NHWC -> LN.
+
+    Children 1 (conv) and 3 (norm).
+    """
+
+    def __init__(self, dim: int, out_dim: int, version: str = "v3"):
+        conv = (nn.Conv2d(dim, out_dim, kernel_size=2, stride=2) if version == "v2"
+                else nn.Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1))
+        super().__init__(Permute(0, 3, 1, 2), conv, Permute(0, 2, 3, 1), nn.LayerNorm(out_dim, eps=1e-5))
+
+
+def make_patch_embed(version: str, in_chans: int, dim: int, patch_size: int, norm: bool) -> nn.Module:
+    """The stem of ``version`` ('v1' or 'v2')."""
+    if version == "v1":
+        return PatchEmbedV1(in_chans, dim, patch_size, norm)
+    if version == "v2":
+        return PatchEmbedV2(in_chans, dim, patch_size, norm)
+    raise ValueError(f"unknown patch embed version {version!r}; choose 'v1' or 'v2'")
+
+
+def make_downsample(version: str, dim: int, out_dim: int) -> nn.Module:
+    """The downsampler of ``version`` ('v1' patch merging, 'v2'/'v3' strided conv)."""
+    if version == "v1":
+        return PatchMerging2D(dim, out_dim)
+    if version in ("v2", "v3"):
+        return ConvDownsample(dim, out_dim, version)
+    raise ValueError(f"unknown downsample version {version!r}; choose 'v1', 'v2' or 'v3'")

@@ -1,0 +1,127 @@
+"""SS2D: the 2D selective-scan mixer of VMamba (spec sections 3-5).
+
+One module covers both families of the authors' release:
+
+* v0 ("vanilla", ``forward_type='v0'``): in_proj to 2*d_inner (x and gate z), conv with bias,
+  y = out_norm(scan(x)) * silu(z);
+* v2 (``forward_type='v05_noz'``): in_proj to d_inner, conv without bias, no gate.
+
+Parameter names equal the authors' (``op.x_proj_weight``, ``op.A_logs``, ...).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops import cross_merge, cross_scan, selective_scan
+from .layers import to_channels_first
+
+K_DIRECTIONS = 4
+
+
+class SS2D(nn.Module):
+    """Cross-scan selective-scan mixer on channel-last maps: (B, H, W, C) -> (B, H, W, C).
+
+    Args:
+        d_model: channels C in and out.
+        d_state: SSM state size N.
+        ssm_ratio: d_inner = int(ssm_ratio * C).
+        dt_rank: rank R of the step-size projection; ``"auto"`` = ceil(C / 16).
+        d_conv: depthwise conv kernel (< 2 disables the conv).
+        conv_bias: bias on the depthwise conv.
+        z_gate: gate the output with silu(z) from a second half of in_proj (v0).
+        dropout: dropout after out_proj.
+        scan_mode: cross-scan mode ('cross2d', 'unidi', 'bidi').
+        scan_backend: selective-scan backend name or 'auto'.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        ssm_ratio: float = 2.0,
+        dt_rank: int | str = "auto",
+        d_conv: int = 3,
+        conv_bias: bool = True,
+        z_gate: bool = True,
+        dropout: float = 0.0,
+        scan_mode: str = "cross2d",
+        scan_backend: str = "auto",
+    ):
+        super().__init__()
+        d_inner = int(ssm_ratio * d_model)
+        self.d_inner, self.d_state = d_inner, d_state
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.z_gate = z_gate
+        self.scan_mode = scan_mode
+        self.scan_backend = scan_backend
+        k, r, n = K_DIRECTIONS, self.dt_rank, d_state
+
+        self.in_proj = nn.Linear(d_model, d_inner * (2 if z_gate else 1), bias=False)
+        self.conv2d = (
+            nn.Conv2d(d_inner, d_inner, kernel_size=d_conv, padding=(d_conv - 1) // 2,
+                      groups=d_inner, bias=conv_bias)
+            if d_conv > 1 else None
+        )
+        self.act = nn.SiLU()
+        self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, r))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(k * d_inner, n))
+        self.Ds = nn.Parameter(torch.empty(k * d_inner))
+        self.out_norm = nn.LayerNorm(d_inner, eps=1e-5)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4) -> None:
+        """The authors' 'v0' initialisation of the SSM parameters (spec section 5)."""
+        d_inner, r, n = self.d_inner, self.dt_rank, self.d_state
+        bound = d_inner ** -0.5  # nn.Linear's default for the stacked x projections
+        self.x_proj_weight.uniform_(-bound, bound)
+        self.dt_projs_weight.uniform_(-r ** -0.5, r ** -0.5)
+        dt = torch.exp(torch.rand(K_DIRECTIONS, d_inner) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=dt_floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_logs.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(K_DIRECTIONS * d_inner, 1))
+        self.Ds.fill_(1.0)
+        self.A_logs._no_weight_decay = True
+        self.Ds._no_weight_decay = True
+
+    def forward_core(self, x: torch.Tensor) -> torch.Tensor:
+        """The 4-direction selective scan: (B, d_inner, H, W) -> (B, H, W, d_inner), fp32."""
+        b, d, h, w = x.shape
+        length, k, r, n = h * w, K_DIRECTIONS, self.dt_rank, self.d_state
+        xs = cross_scan(x, self.scan_mode)                                  # (B, K, d, L)
+        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        ys = selective_scan(
+            xs.reshape(b, k * d, length), dts.reshape(b, k * d, length),
+            -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds.float(),
+            delta_bias=self.dt_projs_bias.float().reshape(-1), delta_softplus=True,
+            out_float=True, backend=self.scan_backend,
+        )
+        y = cross_merge(ys.reshape(b, k, d, h, w), self.scan_mode)          # (B, d, L)
+        return y.transpose(1, 2).reshape(b, h, w, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.in_proj(x)
+        if self.z_gate:
+            x, z = x.chunk(2, dim=-1)
+        x = to_channels_first(x).contiguous()
+        if self.conv2d is not None:
+            x = self.conv2d(x)
+        x = self.act(x)
+        y = self.out_norm(self.forward_core(x)).to(x.dtype)
+        if self.z_gate:
+            y = y * F.silu(z)
+        return self.dropout(self.out_proj(y))
+
+    def extra_repr(self) -> str:
+        return (f"d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, "
+                f"z_gate={self.z_gate}, scan_mode={self.scan_mode!r}, scan_backend={self.scan_backend!r}")

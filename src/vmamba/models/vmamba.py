@@ -1,0 +1,422 @@
+"""VMamba (VSSM): the hierarchical visual state-space backbone and its model zoo.
+
+Both families of the authors' release are built here:
+
+* v0, the paper's "vanilla" VMamba: VSS block = x + DropPath(SS2D(LN(x))), v1 stem and
+  patch-merging downsampler, d_state 16, ssm_ratio 2, gated SS2D;
+* v2 ("v05_noz"): an MLP branch in every block, the two-conv stem and conv downsampler,
+  d_state 1, no gate.
+
+Activations are channel-last inside the network; every public output is NCHW. Parameter names
+follow the authors' release, so their checkpoints load with :func:`vmamba.load_checkpoint`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from .layers import DropPath, Mlp, make_downsample, make_patch_embed, to_channels_first
+from .registry import register_model
+from .ss2d import SS2D
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class VSSBlock(nn.Module):
+    """x = x + DropPath(SS2D(LN(x))), then x = x + DropPath(Mlp(LN2(x))) when mlp_ratio > 0."""
+
+    def __init__(self, dim: int, drop_path: float = 0.0, mlp_ratio: float = 0.0,
+                 mlp_drop_rate: float = 0.0, **ss2d_kwargs):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-5)
+        self.op = SS2D(dim, **ss2d_kwargs)
+        self.drop_path = DropPath(drop_path)
+        if mlp_ratio > 0:
+            self.norm2 = nn.LayerNorm(dim, eps=1e-5)
+            self.mlp = Mlp(dim, int(dim * mlp_ratio), mlp_drop_rate)
+        else:
+            self.norm2 = self.mlp = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C)."""
+        x = x + self.drop_path(self.op(self.norm(x)))
+        if self.mlp is not None:
+            x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x
+
+
+class VSSStage(nn.Module):
+    """A stage: ``blocks`` at one resolution, then ``downsample`` (Identity after the last)."""
+
+    def __init__(self, blocks: Sequence[nn.Module], downsample: nn.Module):
+        super().__init__()
+        self.blocks = nn.Sequential(*blocks)
+        self.downsample = downsample
+        self.grad_checkpointing = False
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The stage's blocks only (its output before downsampling), channel-last."""
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.downsample(self.forward_blocks(x))
+
+
+class ClassifierHead(nn.Module):
+    """Final LayerNorm (``norm``, applied by ``forward_features``), pooling, dropout, ``head``."""
+
+    def __init__(self, dim: int, num_classes: int, global_pool: str = "avg", drop_rate: float = 0.0):
+        super().__init__()
+        if global_pool not in ("avg", "max", ""):
+            raise ValueError(f"global_pool must be 'avg', 'max' or '', got {global_pool!r}")
+        self.global_pool = global_pool
+        self.norm = nn.LayerNorm(dim, eps=1e-5)
+        self.drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, C, H, W) normed features -> (B, num_classes) (or pooled features)."""
+        if self.global_pool == "avg":
+            x = x.mean(dim=(2, 3))
+        elif self.global_pool == "max":
+            x = x.amax(dim=(2, 3))
+        else:  # no pooling: per-position features, channel-last for the head
+            x = x.permute(0, 2, 3, 1)
+        x = self.drop(x)
+        if pre_logits:
+            return x if self.global_pool else to_channels_first(x)
+        x = self.head(x)
+        return x if self.global_pool else to_channels_first(x)
+
+
+class VSSM(nn.Module):
+    """The VMamba classifier: stem, 4 stages of VSS blocks, LayerNorm, pooling, linear head.
+
+    Args:
+        depths: blocks per stage.
+        dims: channels of the first stage (doubled per stage) or one value per stage.
+        in_chans, num_classes: input channels and classes (0: no head).
+        d_state, ssm_ratio, dt_rank, d_conv, conv_bias, z_gate, ssm_drop_rate, scan_mode,
+            scan_backend: SS2D settings (see :class:`vmamba.models.ss2d.SS2D`).
+        mlp_ratio, mlp_drop_rate: MLP branch of each block (0 = none, as in v0).
+        drop_path_rate: stochastic depth, growing linearly from 0 over all blocks.
+        drop_rate: dropout before the head.
+        patch_size, patch_embed_version ('v1'|'v2'), patch_norm: the stem.
+        downsample_version: 'v1' (patch merging), 'v2' or 'v3' (strided conv).
+        global_pool: 'avg', 'max' or '' (none).
+    """
+
+    def __init__(
+        self,
+        depths: Sequence[int] = (2, 2, 9, 2),
+        dims: int | Sequence[int] = 96,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        d_state: int = 16,
+        ssm_ratio: float = 2.0,
+        dt_rank: int | str = "auto",
+        d_conv: int = 3,
+        conv_bias: bool = True,
+        z_gate: bool = True,
+        ssm_drop_rate: float = 0.0,
+        mlp_ratio: float = 0.0,
+        mlp_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        drop_rate: float = 0.0,
+        patch_size: int = 4,
+        patch_embed_version: str = "v1",
+        patch_norm: bool = True,
+        downsample_version: str = "v1",
+        scan_mode: str = "cross2d",
+        scan_backend: str = "auto",
+        global_pool: str = "avg",
+    ):
+        super().__init__()
+        depths = [int(d) for d in depths]
+        dims = [int(dims) * 2 ** i for i in range(len(depths))] if isinstance(dims, int) else [int(d) for d in dims]
+        if len(dims) != len(depths):
+            raise ValueError(f"dims has {len(dims)} entries but depths has {len(depths)}")
+        self.config = dict(
+            depths=depths, dims=dims, in_chans=in_chans, num_classes=num_classes, d_state=d_state,
+            ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv, conv_bias=conv_bias, z_gate=z_gate,
+            ssm_drop_rate=ssm_drop_rate, mlp_ratio=mlp_ratio, mlp_drop_rate=mlp_drop_rate,
+            drop_path_rate=drop_path_rate, drop_rate=drop_rate, patch_size=patch_size,
+            patch_embed_version=patch_embed_version, patch_norm=patch_norm,
+            downsample_version=downsample_version, scan_mode=scan_mode, scan_backend=scan_backend,
+            global_pool=global_pool,
+        )
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.dims = dims
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.patch_embed = make_patch_embed(patch_embed_version, in_chans, dims[0], patch_size, patch_norm)
+
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        ss2d_kwargs = dict(d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv,
+                           conv_bias=conv_bias, z_gate=z_gate, dropout=ssm_drop_rate,
+                           scan_mode=scan_mode, scan_backend=scan_backend)
+        self.layers = nn.ModuleList()
+        self.feature_info = []
+        for i, depth in enumerate(depths):
+            start = sum(depths[:i])
+            blocks = [VSSBlock(dims[i], dpr[start + j], mlp_ratio, mlp_drop_rate, **ss2d_kwargs)
+                      for j in range(depth)]
+            last = i == len(depths) - 1
+            downsample = nn.Identity() if last else make_downsample(downsample_version, dims[i], dims[i + 1])
+            self.layers.append(VSSStage(blocks, downsample))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f"layers.{i}"))
+        self.classifier = ClassifierHead(dims[-1], num_classes, global_pool, drop_rate)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # --- timm-style API -------------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters that take no weight decay besides 1-D ones (A_logs, Ds)."""
+        return {n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise learning-rate decay (timm convention)."""
+        return dict(
+            stem=r"^patch_embed",
+            blocks=r"^layers\.(\d+)" if coarse else [
+                (r"^layers\.(\d+)\.downsample", (0,)),
+                (r"^layers\.(\d+)\.blocks\.(\d+)", None),
+                (r"^classifier\.norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward instead of storing its activations."""
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
+
+    def set_scan_backend(self, backend: str) -> None:
+        """Use selective-scan ``backend`` (a name or 'auto') in every SS2D of the model."""
+        for m in self.modules():
+            if isinstance(m, SS2D):
+                m.scan_backend = backend
+        self.config["scan_backend"] = backend
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.classifier.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head with a fresh one for ``num_classes`` (0: none)."""
+        self.num_classes = self.config["num_classes"] = num_classes
+        if global_pool is not None:
+            if global_pool not in ("avg", "max", ""):
+                raise ValueError(f"global_pool must be 'avg', 'max' or '', got {global_pool!r}")
+            self.classifier.global_pool = self.config["global_pool"] = global_pool
+        self.classifier.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier.head.apply(self._init_weights)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"{type(self).__name__} expects input of shape (B, {self.in_chans}, H, W), "
+                             f"got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{type(self).__name__} expects a floating-point image tensor, got {x.dtype}")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> final normed feature map (B, num_features, H/32, W/32)."""
+        self._check_input(x)
+        x = self.patch_embed(x)
+        for stage in self.layers:
+            x = stage.downsample(stage.forward_blocks(x))
+        return to_channels_first(self.classifier.norm(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Normed feature map (B, C, h, w) -> logits (or pooled features if ``pre_logits``)."""
+        return self.classifier(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def _stage_indices(self, indices: int | Sequence[int] | None) -> list[int]:
+        n = len(self.layers)
+        if indices is None:
+            return list(range(n))
+        if isinstance(indices, int):
+            if not 0 < indices <= n:
+                raise ValueError(f"indices={indices}: must take the last 1..{n} stages")
+            return list(range(n - indices, n))
+        out = sorted({i % n for i in indices})
+        if any(not -n <= i < n for i in indices):
+            raise ValueError(f"stage indices {list(indices)} out of range for {n} stages")
+        return out
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """Stage outputs (before each downsample), timm's ``forward_intermediates`` contract.
+
+        Args:
+            indices: the last n stages (int) or stage indices (negative allowed); all if None.
+            norm: pass the last stage's intermediate through the final norm.
+            stop_early: stop after the last requested stage (only with intermediates_only).
+            output_fmt: 'NCHW' or 'NHWC'.
+            intermediates_only: return only the list of intermediates.
+
+        Returns:
+            list of feature maps, or (final normed features NCHW, list) unless intermediates_only.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        self._check_input(x)
+        take = self._stage_indices(indices)
+        last = len(self.layers) - 1
+        stages = self.layers[: take[-1] + 1] if (stop_early or intermediates_only) else self.layers
+        intermediates = []
+        x = self.patch_embed(x)
+        for i, stage in enumerate(stages):
+            x = stage.forward_blocks(x)
+            if i in take:
+                y = self.classifier.norm(x) if (norm and i == last) else x
+                intermediates.append(to_channels_first(y) if output_fmt == "NCHW" else y)
+            x = stage.downsample(x)
+        if intermediates_only:
+            return intermediates
+        return to_channels_first(self.classifier.norm(x)), intermediates
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last of ``indices`` (and the head/norm); return kept indices."""
+        take = self._stage_indices(indices)
+        del self.layers[take[-1] + 1:]
+        self.layers[-1].downsample = nn.Identity()
+        if prune_norm:
+            self.classifier.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+
+class VSSMFeatures(VSSM):
+    """Backbone mode: per-stage NCHW feature maps, each through its own LayerNorm (``outnorm{i}``).
+
+    This is the authors' detection/segmentation backbone; ``forward`` returns a list with one
+    map per entry of ``out_indices`` (strides 4, 8, 16, 32).
+    """
+
+    def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), **kwargs):
+        kwargs["num_classes"] = 0
+        super().__init__(**kwargs)
+        n = len(self.layers)
+        if not out_indices or any(not -n <= i < n for i in out_indices):
+            raise ValueError(f"out_indices {tuple(out_indices)} must be stage indices in [0, {n})")
+        self.out_indices = tuple(sorted({i % n for i in out_indices}))
+        del self.classifier
+        for i in self.out_indices:
+            self.add_module(f"outnorm{i}", nn.LayerNorm(self.dims[i], eps=1e-5))
+        self.feature_info = [self.feature_info[i] for i in self.out_indices]
+        self.config.update(features_only=True, out_indices=list(self.out_indices))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self._check_input(x)
+        x = self.patch_embed(x)
+        outs = []
+        for i, stage in enumerate(self.layers[: self.out_indices[-1] + 1]):
+            x = stage.forward_blocks(x)
+            if i in self.out_indices:
+                outs.append(to_channels_first(getattr(self, f"outnorm{i}")(x)).contiguous())
+            x = stage.downsample(x)
+        return outs
+
+    def forward_features(self, x):
+        raise RuntimeError("a features_only model returns its feature maps from forward()")
+
+    def forward_intermediates(self, *args, **kwargs):
+        raise RuntimeError("a features_only model returns its feature maps from forward()")
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        raise RuntimeError("a features_only model has no classifier")
+
+
+# --- the model zoo --------------------------------------------------------------------------
+
+def _pretrained_cfg(**overrides) -> dict:
+    cfg = dict(
+        num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=224 / 256,
+        interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        first_conv="patch_embed.0", classifier="classifier.head", license="mit",
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+_V0 = dict(d_state=16, ssm_ratio=2.0, conv_bias=True, z_gate=True, mlp_ratio=0.0,
+           patch_embed_version="v1", downsample_version="v1")
+_V2 = dict(d_state=1, conv_bias=False, z_gate=False, mlp_ratio=4.0,
+           patch_embed_version="v2", downsample_version="v3")
+
+# name: (family defaults, depths, dims, ssm_ratio, drop_path_rate) -- spec sections 3 and 4.
+ZOO = {
+    "vanilla_vmamba_tiny": (_V0, (2, 2, 9, 2), 96, 2.0, 0.2),
+    "vanilla_vmamba_small": (_V0, (2, 2, 27, 2), 96, 2.0, 0.3),
+    "vanilla_vmamba_base": (_V0, (2, 2, 27, 2), 128, 2.0, 0.5),
+    "vmamba_tiny_s1l8": (_V2, (2, 2, 8, 2), 96, 1.0, 0.2),
+    "vmamba_small_s1l20": (_V2, (2, 2, 20, 2), 96, 1.0, 0.3),
+    "vmamba_base_s1l20": (_V2, (2, 2, 20, 2), 128, 1.0, 0.5),
+    "vmamba_tiny_s2l5": (_V2, (2, 2, 5, 2), 96, 2.0, 0.2),
+    "vmamba_small_s2l15": (_V2, (2, 2, 15, 2), 96, 2.0, 0.3),
+    "vmamba_base_s2l15": (_V2, (2, 2, 15, 2), 128, 2.0, 0.6),
+}
+
+
+def build_vssm(name: str, features_only: bool = False, **overrides) -> VSSM:
+    """Build zoo model ``name`` with ``overrides`` of its configuration."""
+    family, depths, dims, ssm_ratio, dpr = ZOO[name]
+    cfg = dict(family, depths=depths, dims=dims, ssm_ratio=ssm_ratio, drop_path_rate=dpr)
+    cfg.update(overrides)
+    if not features_only and "out_indices" in cfg:
+        raise ValueError("out_indices is only meaningful with features_only=True")
+    model = VSSMFeatures(**cfg) if features_only else VSSM(**cfg)
+    model.pretrained_cfg = model.default_cfg = _pretrained_cfg(architecture=name)
+    model.model_name = name
+    model.config["architecture"] = name
+    return model
+
+
+def _register(name: str) -> None:
+    def builder(pretrained: bool = False, **kwargs) -> VSSM:
+        if pretrained:
+            raise ValueError("vmamba never downloads weights; use checkpoint_path=... or load_checkpoint")
+        return build_vssm(name, **kwargs)
+
+    builder.__name__ = builder.__qualname__ = name
+    family, depths, dims, ratio, _ = ZOO[name]
+    builder.__doc__ = (f"VMamba {'v0 (paper)' if family is _V0 else 'v2'}: depths {depths}, "
+                       f"dims {dims}, ssm_ratio {ratio}.")
+    globals()[name] = register_model(builder)
+
+
+for _name in ZOO:
+    _register(_name)

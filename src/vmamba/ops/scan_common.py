@@ -1,0 +1,54 @@
+"""Pieces of the selective-scan semantics shared by the pure-PyTorch backends.
+
+The recurrence itself differs between backends; what happens before it (the step size) and after
+it (skip, gate, output dtype) is the same and lives here so that the backends cannot drift apart.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def compute_dtype(u: torch.Tensor) -> torch.dtype:
+    """State and arithmetic dtype: float32, or float64 when the input itself is float64."""
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def step_sizes(
+    delta: torch.Tensor,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """dt = softplus(delta + delta_bias) (bias and softplus optional), in ``dtype``; (B, D, L)."""
+    dt = delta.to(dtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    return dt
+
+
+def expand_groups(m: torch.Tensor, channels: int) -> torch.Tensor:
+    """(B, G, N, L) grouped B or C -> (B, channels, N, L); channel c reads group c // (channels / G)."""
+    b, g, n, length = m.shape
+    return m[:, :, None].expand(b, g, channels // g, n, length).reshape(b, channels, n, length)
+
+
+def finish_output(
+    y: torch.Tensor,
+    u: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    last_state: torch.Tensor,
+    return_last_state: bool,
+    out_float: bool,
+):
+    """Add the D skip, apply the z gate, cast, and pack the return value of the op."""
+    if D is not None:
+        y = y + D.to(y.dtype)[:, None] * u.to(y.dtype)
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    if not out_float:
+        y = y.to(u.dtype)
+    return (y, last_state) if return_last_state else y
