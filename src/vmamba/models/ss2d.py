@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cross_merge, cross_scan, selective_scan
+from ..ops import cross_selective_scan
 from .layers import to_channels_first
 
 K_DIRECTIONS = 4
@@ -93,21 +93,22 @@ class SS2D(nn.Module):
         self.Ds._no_weight_decay = True
 
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
-        """The 4-direction selective scan: (B, d_inner, H, W) -> (B, H, W, d_inner), fp32."""
-        b, d, h, w = x.shape
-        length, k, r, n = h * w, K_DIRECTIONS, self.dt_rank, self.d_state
-        xs = cross_scan(x, self.scan_mode)                                  # (B, K, d, L)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        """The 4-direction selective scan: (B, d_inner, H, W) -> (B, H, W, d_inner), fp32.
+
+        The projections run per pixel (the same numbers as projecting each scan sequence), so
+        the op receives every input in pixel layout and may fold the scan orders into its
+        kernel instead of materialising four copies.
+        """
+        r, n = self.dt_rank, self.d_state
+        x_dbl = torch.einsum("bdhw,kcd->bkchw", x, self.x_proj_weight)
         dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        ys = selective_scan(
-            xs.reshape(b, k * d, length), dts.reshape(b, k * d, length),
-            -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds.float(),
+        dts = torch.einsum("bkrhw,kdr->bkdhw", dts, self.dt_projs_weight)
+        y = cross_selective_scan(
+            x, dts, -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().reshape(-1), delta_softplus=True,
-            out_float=True, backend=self.scan_backend,
+            mode=self.scan_mode, out_float=True, backend=self.scan_backend,
         )
-        y = cross_merge(ys.reshape(b, k, d, h, w), self.scan_mode)          # (B, d, L)
-        return y.transpose(1, 2).reshape(b, h, w, d)
+        return y.permute(0, 2, 3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.in_proj(x)

@@ -1,6 +1,7 @@
 """Operators: the selective scan (with its backends registry) and cross-scan/merge."""
 from .backends import ScanBackend, available_backends, get_backend, register_backend
 from .cross_scan import SCAN_MODES, cross_merge, cross_scan
+from .cross_selective_scan import cross_selective_scan, scan_order
 from .scan_reference import selective_scan_reference
 from .scan_torch import selective_scan_torch
 from .selective_scan import check_scan_inputs, selective_scan
@@ -8,5 +9,5 @@ from .selective_scan import check_scan_inputs, selective_scan
 __all__ = [
     "selective_scan", "selective_scan_reference", "selective_scan_torch", "check_scan_inputs",
     "available_backends", "register_backend", "get_backend", "ScanBackend",
-    "cross_scan", "cross_merge", "SCAN_MODES",
+    "cross_scan", "cross_merge", "cross_selective_scan", "scan_order", "SCAN_MODES",
 ]

@@ -29,6 +29,9 @@ class ScanBackend:
         priority: ``"auto"`` prefers higher values.
         is_available: a cheap check that the backend can run here (compiler, package, GPU).
         description: one line for listings.
+        cross_fn: optional fused ``cross_selective_scan`` (scan orders folded into the kernel's
+            indexing, same signature as ``cross_selective_scan`` without ``backend``); when
+            absent, that op is composed from cross_scan, ``fn`` and cross_merge.
     """
 
     name: str
@@ -38,6 +41,7 @@ class ScanBackend:
     priority: int = 0
     is_available: Callable[[], bool] = field(default=lambda: True)
     description: str = ""
+    cross_fn: Callable | None = None
 
     def accepts(self, device_type: str, dtype: torch.dtype) -> bool:
         """Whether this backend runs on ``device_type`` with inputs of ``dtype``."""
@@ -58,6 +62,7 @@ def register_backend(
     priority: int = 0,
     is_available: Callable[[], bool] | None = None,
     description: str = "",
+    cross_fn: Callable | None = None,
 ) -> ScanBackend:
     """Register (or replace) a selective-scan backend under ``name`` and return its record."""
     if name == "auto":
@@ -70,6 +75,7 @@ def register_backend(
         priority=priority,
         is_available=is_available or (lambda: True),
         description=description,
+        cross_fn=cross_fn,
     )
     _BACKENDS[name] = backend
     return backend

@@ -1,0 +1,89 @@
+"""The SS2D core as one op: four selective scans over the scan orders of a 2D map, merged.
+
+Every input stays in pixel (row-major) layout; the op itself walks the four scan orders. The
+generic path materialises the four direction copies (cross_scan -> selective_scan ->
+cross_merge); a backend that registers a fused ``cross_fn`` reads the map in the four orders
+directly and never makes those copies.
+"""
+from __future__ import annotations
+
+import torch
+
+from .backends import resolve_backend
+from .cross_scan import _check_mode, cross_merge, cross_scan
+from .selective_scan import check_scan_inputs
+
+K = 4
+
+
+def scan_order(t: torch.Tensor, mode: str = "cross2d") -> torch.Tensor:
+    """Per-direction maps (B, 4, X, H, W) -> (B, 4, X, H*W), slot k read in scan order k of ``mode``."""
+    _check_mode(mode)
+    row = t.flatten(3)
+    if mode == "unidi":
+        return row
+    if mode == "bidi":
+        return torch.cat([row[:, :2], row[:, 2:].flip(-1)], dim=1)
+    col = t.transpose(3, 4).flatten(3)
+    return torch.stack([row[:, 0], col[:, 1], row[:, 2].flip(-1), col[:, 3].flip(-1)], dim=1)
+
+
+def _check_cross_inputs(x, delta, B, C):
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"cross_selective_scan: x must have shape (batch, D, H, W), got {got}")
+    b, d, h, w = x.shape
+    for name, t, rest in (("delta", delta, (d, h, w)), ("B", B, (None, h, w)), ("C", C, (None, h, w))):
+        want = (b, K) + rest
+        if not isinstance(t, torch.Tensor) or t.dim() != 5 or any(
+                s is not None and s != g for s, g in zip(want, t.shape)):
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            dims = "(batch, 4, D, H, W)" if name == "delta" else "(batch, 4, N, H, W)"
+            raise ValueError(f"cross_selective_scan: {name} must have shape {dims} = "
+                             f"{tuple('N' if s is None else s for s in want)}, got {got}")
+
+
+def cross_selective_scan(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    mode: str = "cross2d",
+    out_float: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Selective scans along the four scan orders of a map, merged back: the SS2D core.
+
+    Equal to ``cross_merge(selective_scan(cross_scan(x), scan_order(delta), A, scan_order(B),
+    scan_order(C), D, delta_bias, delta_softplus), mode)``, with direction k using channels
+    [k*D, (k+1)*D) of A, D and delta_bias.
+
+    Args:
+        x: the map, (batch, D, H, W).
+        delta: raw step sizes per direction, (batch, 4, D, H, W), pixel layout.
+        A: (4*D, N). B, C: (batch, 4, N, H, W), pixel layout.
+        D, delta_bias: (4*D,), optional. delta_softplus, out_float, backend: as in selective_scan.
+
+    Returns:
+        y, (batch, D, H, W).
+    """
+    _check_mode(mode)
+    _check_cross_inputs(x, delta, B, C)
+    b, d, h, w = x.shape
+    impl = resolve_backend(backend, x.device.type, x.dtype)
+    if impl.cross_fn is not None:
+        # Shapes of A, D, delta_bias checked on (cheap) views standing for the scan sequences.
+        check_scan_inputs(x.new_empty(0).expand(b, K * d, h * w), delta.new_empty(0).expand(b, K * d, h * w),
+                          A, B.flatten(3), C.flatten(3), D, delta_bias)
+        return impl.cross_fn(x, delta, A, B, C, D=D, delta_bias=delta_bias,
+                             delta_softplus=delta_softplus, mode=mode, out_float=out_float)
+    xs = cross_scan(x, mode).reshape(b, K * d, h * w)
+    ds = scan_order(delta, mode).reshape(b, K * d, h * w)
+    Bs, Cs = check_scan_inputs(xs, ds, A, scan_order(B, mode), scan_order(C, mode), D, delta_bias)
+    ys = impl.fn(xs, ds, A, Bs, Cs, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                 z=None, return_last_state=False, out_float=out_float)
+    return cross_merge(ys.reshape(b, K, d, h, w), mode).reshape(b, d, h, w)
