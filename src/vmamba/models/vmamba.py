@@ -22,8 +22,26 @@ from .layers import DropPath, Mlp, make_downsample, make_patch_embed, to_channel
 from .registry import register_model
 from .ss2d import SS2D
 
+__all__ = ["VSSM", "VSSMFeatures", "FeatureInfo", "VSSBlock", "VSSStage", "ClassifierHead", "ZOO", "build_vssm"]
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FeatureInfo(list):
+    """Per-stage feature descriptions (dicts of num_chs, reduction, module), timm-style."""
+
+    def channels(self, idx: int | None = None):
+        return self._get("num_chs", idx)
+
+    def reduction(self, idx: int | None = None):
+        return self._get("reduction", idx)
+
+    def module_name(self, idx: int | None = None):
+        return self._get("module", idx)
+
+    def _get(self, key: str, idx: int | None):
+        return [f[key] for f in self] if idx is None else self[idx][key]
 
 
 class VSSBlock(nn.Module):
@@ -165,7 +183,7 @@ class VSSM(nn.Module):
                            conv_bias=conv_bias, z_gate=z_gate, dropout=ssm_drop_rate,
                            scan_mode=scan_mode, scan_backend=scan_backend)
         self.layers = nn.ModuleList()
-        self.feature_info = []
+        self.feature_info = FeatureInfo()
         for i, depth in enumerate(depths):
             start = sum(depths[:i])
             blocks = [VSSBlock(dims[i], dpr[start + j], mlp_ratio, mlp_drop_rate, **ss2d_kwargs)
@@ -336,7 +354,7 @@ class VSSMFeatures(VSSM):
         del self.classifier
         for i in self.out_indices:
             self.add_module(f"outnorm{i}", nn.LayerNorm(self.dims[i], eps=1e-5))
-        self.feature_info = [self.feature_info[i] for i in self.out_indices]
+        self.feature_info = FeatureInfo(self.feature_info[i] for i in self.out_indices)
         self.config.update(features_only=True, out_indices=list(self.out_indices))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -1,0 +1,312 @@
+"""Reading and writing weights: the authors' checkpoints, this project's, and safetensors files.
+
+Loading never unpickles arbitrary objects: ``.pth`` files go through ``torch.load(...,
+weights_only=True)``. The authors' training checkpoints also pickle their yacs config object;
+such non-tensor objects are rebuilt as inert placeholders (plain dicts that run no code), so the
+weights load without trusting the file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterable, Mapping, NamedTuple
+
+import torch
+import torch.nn as nn
+
+_SAFETENSORS_SUFFIXES = (".safetensors", ".st")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that does not fit the model."""
+
+
+class LoadReport(NamedTuple):
+    """What ``load_checkpoint`` left out (only ever non-empty with ``strict=False``)."""
+
+    missing: list[str]
+    unexpected: list[str]
+
+
+# --- reading ------------------------------------------------------------------------------
+
+def _placeholder(qualified: str) -> type:
+    """An inert stand-in for the pickled global ``module.Name``: a dict that runs no code."""
+    module, _, name = qualified.rpartition(".")
+
+    def __init__(self, *args, **kwargs):
+        dict.__init__(self, args=list(args), **kwargs)
+
+    return type(name, (dict,), {"__init__": __init__, "__module__": module, "__qualname__": name,
+                                "__setstate__": lambda self, state: self.update(state=state),
+                                "__doc__": f"Placeholder for {qualified} found in a checkpoint."})
+
+
+class _PlaceholderUnpickler(pickle.Unpickler):
+    """Resolves torch's allowlisted globals (those of weights_only) and nothing else: every
+    other global becomes an inert placeholder, so no code from the file ever runs."""
+
+    _REFUSED = ("builtins.", "os.", "posix.", "nt.", "subprocess.", "sys.", "shutil.", "importlib.")
+
+    def find_class(self, module: str, name: str):
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        qualified = f"{module}.{name}"
+        allowed = _get_allowed_globals()
+        if qualified in allowed:
+            return allowed[qualified]
+        if qualified.startswith(self._REFUSED):
+            raise pickle.UnpicklingError(f"the file asks to call {qualified}; refusing to load it")
+        return _placeholder(qualified)
+
+
+class _PlaceholderPickle:
+    """A ``pickle_module`` for ``torch.load`` built on ``_PlaceholderUnpickler``."""
+
+    Unpickler = _PlaceholderUnpickler
+
+    @staticmethod
+    def load(f, **kwargs):
+        return _PlaceholderUnpickler(f, **kwargs).load()
+
+
+def _torch_load(path: Path):
+    """``torch.load(weights_only=True)``; pickled non-tensor classes become placeholders."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e) and "SETITEM" not in str(e):
+            raise CheckpointError(f"{path}: not a loadable checkpoint ({_last_line(e)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_last_line(e)})") from None
+    try:  # the file pickles classes weights_only does not know (e.g. the authors' yacs config)
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PlaceholderPickle)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({_last_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - any failure here means a broken file
+        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({_last_line(e)})") from None
+
+
+def _last_line(e: Exception) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def _is_safetensors(path: Path) -> bool:
+    if path.suffix in _SAFETENSORS_SUFFIXES:
+        return True
+    with open(path, "rb") as f:  # 8-byte little-endian header length, then a JSON object
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Read a weights file: returns (contents, safetensors metadata or {})."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if _is_safetensors(path):
+        from safetensors import SafetensorError, safe_open
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: corrupt safetensors file ({e})") from None
+    contents = _torch_load(path)
+    if not isinstance(contents, Mapping):
+        raise CheckpointError(f"{path}: expected a dict of weights, found {type(contents).__name__}")
+    return dict(contents), {}
+
+
+def extract_state_dict(contents: Mapping, use_ema: bool = False, source: str = "checkpoint") -> dict:
+    """The model weights inside a checkpoint dict (bare, {'model': ...}, {'model_ema': ...}, ...)."""
+    if use_ema:
+        if "model_ema" not in contents:
+            raise CheckpointError(f"{source}: use_ema=True but there is no 'model_ema' entry "
+                                  f"(entries: {sorted(map(str, contents))[:10]})")
+        contents = contents["model_ema"]
+    else:
+        for key in ("model", "state_dict", "module"):
+            if key in contents and isinstance(contents[key], Mapping):
+                contents = contents[key]
+                break
+    state = {k: v for k, v in contents.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise CheckpointError(f"{source}: no tensors found (entries: {sorted(map(str, contents))[:10]})")
+    if all(k.startswith("module.") for k in state if k != "n_averaged"):  # DDP / AveragedModel
+        state = {k[len("module."):]: v for k, v in state.items() if k != "n_averaged"}
+    return state
+
+
+# --- converting ---------------------------------------------------------------------------
+
+# The January-2024 release (the weights of the paper's v0 models) used these names.
+_LEGACY_RENAMES = [
+    (re.compile(r"^patch_embed\.proj\."), "patch_embed.0."),
+    (re.compile(r"^patch_embed\.norm\."), "patch_embed.2."),
+    (re.compile(r"^(layers\.\d+\.blocks\.\d+)\.ln_1\."), r"\1.norm."),
+    (re.compile(r"^(layers\.\d+\.blocks\.\d+)\.self_attention\."), r"\1.op."),
+    (re.compile(r"^norm\."), "classifier.norm."),
+    (re.compile(r"^head\."), "classifier.head."),
+]
+
+
+def convert_official_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module | None = None) -> dict:
+    """Map the authors' key names (both generations) onto this project's; tensors untouched.
+
+    A detection/segmentation checkpoint ({'backbone.*', 'neck.*', ...}) is reduced to its
+    backbone when ``model`` has no 'backbone.' parameters.
+    """
+    expected = model.state_dict() if model is not None else {}
+    if any(k.startswith("backbone.") for k in state) and not any(k.startswith("backbone.") for k in expected):
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    out = {}
+    for key, value in state.items():
+        if key not in expected:
+            for pattern, repl in _LEGACY_RENAMES:
+                key = pattern.sub(repl, key)
+        out[key] = value
+    return out
+
+
+def _fit_linear_shapes(state: dict, expected: Mapping[str, torch.Tensor]) -> dict:
+    """1x1-conv weights (O, I, 1, 1) stored for linear layers (O, I) are squeezed, and back."""
+    for key, value in state.items():
+        want = expected.get(key)
+        if want is None or value.shape == want.shape:
+            continue
+        if value.dim() == 4 and value.shape[2:] == (1, 1) and value.shape[:2] == want.shape:
+            state[key] = value[:, :, 0, 0]
+        elif value.dim() == 2 and want.dim() == 4 and want.shape == value.shape + (1, 1):
+            state[key] = value[:, :, None, None]
+    return state
+
+
+def _listing(title: str, items: list, limit: int = 20) -> str:
+    shown = "\n    ".join(map(str, items[:limit]))
+    more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"  {title} ({len(items)}):\n    {shown}{more}"
+
+
+def load_checkpoint(
+    model: nn.Module,
+    source: str | os.PathLike | Mapping,
+    strict: bool = True,
+    use_ema: bool = False,
+    exclude: Iterable[str] = (),
+) -> LoadReport:
+    """Load weights into ``model``: the authors' checkpoints, this project's, or safetensors.
+
+    Args:
+        model: the network (e.g. from ``create_model`` or ``from_official_config``).
+        source: a path (``.pth``/``.pt``/``.bin`` read with ``weights_only=True``, or
+            ``.safetensors``) or an already loaded dict. Wrapped ({'model': ...}) or bare;
+            the authors' January-2024 and later key names; DDP 'module.' prefixes.
+        strict: require every key to match. Shape mismatches always raise.
+        use_ema: take the 'model_ema' weights of a training checkpoint.
+        exclude: key prefixes to skip on both sides, e.g. ``["classifier.head"]`` to fine-tune
+            on another number of classes.
+
+    Returns:
+        LoadReport(missing, unexpected): what was left out (empty when strict).
+
+    Raises:
+        CheckpointError listing missing, unexpected and wrongly shaped keys; FileNotFoundError.
+    """
+    name = str(source) if not isinstance(source, Mapping) else "state dict"
+    contents = read_checkpoint(source)[0] if not isinstance(source, Mapping) else source
+    state = extract_state_dict(contents, use_ema=use_ema, source=name)
+    state = convert_official_state_dict(state, model)
+    expected = model.state_dict()
+    state = _fit_linear_shapes(state, expected)
+
+    exclude = tuple(exclude)
+    keep = lambda k: not (exclude and k.startswith(exclude))  # noqa: E731
+    state = {k: v for k, v in state.items() if keep(k)}
+    missing = [k for k in expected if keep(k) and k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+                  for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if mismatched or (strict and (missing or unexpected)):
+        parts = [f"{name} does not fit {type(model).__name__}:"]
+        if mismatched:
+            parts.append(_listing("wrong shape", mismatched))
+        if missing:
+            parts.append(_listing("missing from the checkpoint", missing))
+        if unexpected:
+            parts.append(_listing("unexpected in the checkpoint", unexpected))
+        if any(k.startswith("classifier.head") for k in missing + unexpected) or any(
+                m.startswith("classifier.head") for m in mismatched):
+            parts.append("  (a different number of classes? pass exclude=['classifier.head'])")
+        raise CheckpointError("\n".join(parts))
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+    if missing or unexpected:
+        warnings.warn(f"load_checkpoint(strict=False): {len(missing)} missing, {len(unexpected)} "
+                      f"unexpected keys; first missing: {missing[:3]}, first unexpected: {unexpected[:3]}")
+    return LoadReport(missing, unexpected)
+
+
+# --- writing ------------------------------------------------------------------------------
+
+def atomic_save(write, path: str | os.PathLike) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write the model's weights (and its config, to rebuild it) atomically.
+
+    ``.safetensors`` gives a safetensors file whose metadata holds ``vmamba_config`` (JSON);
+    any other suffix gives a ``{'model': state_dict, 'config': ...}`` torch file.
+    """
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    config = dict(getattr(model, "config", {}))
+    if Path(path).suffix in _SAFETENSORS_SUFFIXES:
+        from safetensors.torch import save_file
+        meta = {"format": "pt", "vmamba_config": json.dumps(config), **(metadata or {})}
+        return atomic_save(lambda tmp: save_file(state, tmp, metadata=meta), path)
+    return atomic_save(lambda tmp: torch.save({"model": state, "config": config, **(metadata or {})}, tmp), path)
+
+
+def model_from_config(config: Mapping, **overrides) -> nn.Module:
+    """Rebuild a network from ``model.config`` (as saved by ``save_weights``)."""
+    from .models import VSSM, VSSMFeatures
+    from .models.vmamba import ZOO, build_vssm
+
+    config = {**config, **overrides}
+    architecture = config.pop("architecture", None)
+    if architecture in ZOO:
+        return build_vssm(architecture, **config)
+    if config.pop("features_only", False):
+        return VSSMFeatures(**config)
+    return VSSM(**config)
+
+
+def load_model(path: str | os.PathLike, use_ema: bool = False, **overrides) -> nn.Module:
+    """Rebuild and load a model saved by this project (safetensors or torch checkpoint)."""
+    contents, metadata = read_checkpoint(path)
+    if "vmamba_config" in metadata:
+        config = json.loads(metadata["vmamba_config"])
+    elif isinstance(contents.get("config"), Mapping) and "depths" in contents["config"]:
+        config = contents["config"]
+    else:
+        raise CheckpointError(f"{path}: no model config stored; build the model yourself and "
+                              f"call load_checkpoint(model, path)")
+    model = model_from_config(config, **overrides)
+    load_checkpoint(model, contents, use_ema=use_ema)
+    return model
