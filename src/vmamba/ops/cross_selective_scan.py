@@ -77,7 +77,7 @@ def cross_selective_scan(
     impl = resolve_backend(backend, x.device.type, x.dtype)
     if impl.cross_fn is not None:
         # Shapes of A, D, delta_bias checked on (cheap) views standing for the scan sequences.
-        check_scan_inputs(x.new_empty(0).expand(b, K * d, h * w), delta.new_empty(0).expand(b, K * d, h * w),
+        check_scan_inputs(x.new_empty(()).expand(b, K * d, h * w), delta.new_empty(()).expand(b, K * d, h * w),
                           A, B.flatten(3), C.flatten(3), D, delta_bias)
         return impl.cross_fn(x, delta, A, B, C, D=D, delta_bias=delta_bias,
                              delta_softplus=delta_softplus, mode=mode, out_float=out_float)

@@ -16,7 +16,7 @@ def _check_tensor(name, t, shape, dims_doc):
     if t.dtype not in _FLOATS:
         raise TypeError(f"selective_scan: {name} must be a floating tensor, got {t.dtype}")
     if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
-        want = "(" + ", ".join(dims_doc) + ")"
+        want = "(" + ", ".join(dims_doc) + ("," if len(dims_doc) == 1 else "") + ")"
         raise ValueError(f"selective_scan: {name} must have shape {want} = "
                          f"{tuple('?' if s is None else s for s in shape)}, got {tuple(t.shape)}")
 

@@ -1,0 +1,43 @@
+"""Shared fixtures: golden reference data and small random scan inputs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+GOLDEN = Path(__file__).parent / "data" / "golden"
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def load_golden(name: str) -> dict:
+    """A golden file of the authors' release (see tests/data/golden/README.md)."""
+    return torch.load(GOLDEN / name, weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def golden_ops() -> dict:
+    return load_golden("golden_ops.pt")
+
+
+def make_scan_inputs(batch=2, channels=8, length=13, n=4, groups=2, dtype=torch.float64,
+                     requires_grad=False, seed=0, dt_scale=0.5):
+    """Random selective-scan inputs: u, delta, A, B, C, D, delta_bias, z."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    tensors = dict(
+        u=r(batch, channels, length),
+        delta=r(batch, channels, length) * dt_scale,
+        A=-(torch.rand(channels, n, generator=g, dtype=torch.float64) * 2 + 0.2),
+        B=r(batch, groups, n, length),
+        C=r(batch, groups, n, length),
+        D=r(channels),
+        delta_bias=r(channels) * 0.3,
+        z=r(batch, channels, length),
+    )
+    out = {}
+    for k, t in tensors.items():
+        t = t.to(torch.float32 if k in ("A", "D", "delta_bias") and dtype != torch.float64 else dtype)
+        out[k] = t.requires_grad_(requires_grad)
+    return out

@@ -1,0 +1,97 @@
+"""Cross-scan / cross-merge and the fused SS2D core op."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vmamba.ops import SCAN_MODES, available_backends, cross_merge, cross_scan, cross_selective_scan
+from vmamba.ops import scan_order, selective_scan
+
+MODES = list(SCAN_MODES)
+
+
+@pytest.mark.parametrize("index, mode", list(enumerate(MODES)))
+def test_golden_cross_scan_and_merge(index, mode, golden_ops):
+    torch.testing.assert_close(cross_scan(golden_ops["cross_x"], mode), golden_ops[f"cross_scan_scans{index}"])
+    torch.testing.assert_close(cross_merge(golden_ops["cross_ys"], mode), golden_ops[f"cross_merge_scans{index}"])
+
+
+def test_cross2d_orders_on_nonsquare_map():
+    x = torch.arange(6.0).reshape(1, 1, 2, 3)  # [[0,1,2],[3,4,5]]
+    xs = cross_scan(x, "cross2d")[0, :, 0]
+    assert xs[0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert xs[1].tolist() == [0, 3, 1, 4, 2, 5]
+    assert xs[2].tolist() == [5, 4, 3, 2, 1, 0]
+    assert xs[3].tolist() == [5, 2, 4, 1, 3, 0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_merge_is_adjoint_of_scan(mode):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 7, generator=g, dtype=torch.float64)
+    ys = torch.randn(2, 4, 3, 4, 7, generator=g, dtype=torch.float64)
+    lhs = (cross_scan(x, mode) * ys.flatten(3)).sum()
+    rhs = (x.flatten(2) * cross_merge(ys, mode)).sum()
+    torch.testing.assert_close(lhs, rhs)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradcheck(mode):
+    x = torch.randn(1, 2, 3, 5, dtype=torch.float64, requires_grad=True)
+    ys = torch.randn(1, 4, 2, 3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: cross_scan(t, mode), (x,))
+    assert torch.autograd.gradcheck(lambda t: cross_merge(t, mode), (ys,))
+
+
+def test_merge_accepts_flat_sequences_with_size():
+    ys = torch.randn(2, 4, 3, 4, 5)
+    torch.testing.assert_close(cross_merge(ys.flatten(3), size=(4, 5)), cross_merge(ys))
+    with pytest.raises(ValueError, match="needs size"):
+        cross_merge(ys.flatten(3))
+    with pytest.raises(ValueError, match="does not match L=20"):
+        cross_merge(ys.flatten(3), size=(5, 5))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="unknown scan mode 'diag'"):
+        cross_scan(torch.randn(1, 2, 3, 3), "diag")
+    with pytest.raises(ValueError, match=r"x must have shape \(B, C, H, W\)"):
+        cross_scan(torch.randn(2, 3, 3))
+    with pytest.raises(ValueError, match=r"ys must have shape \(B, 4, C, H, W\)"):
+        cross_merge(torch.randn(1, 3, 2, 3, 3))
+
+
+def _cross_inputs(b=2, d=3, h=4, w=5, n=2, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    return dict(x=r(b, d, h, w), delta=r(b, 4, d, h, w) * 0.5, A=-torch.rand(4 * d, n, generator=g, dtype=dtype) - 0.1,
+                B=r(b, 4, n, h, w), C=r(b, 4, n, h, w), D=r(4 * d), delta_bias=r(4 * d) * 0.2)
+
+
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+@pytest.mark.parametrize("mode", MODES)
+def test_cross_selective_scan_equals_composition(backend, mode):
+    t = _cross_inputs(dtype=torch.float32 if backend not in ("torch", "reference") else torch.float64)
+    y = cross_selective_scan(t["x"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["delta_bias"], True,
+                             mode=mode, backend=backend)
+    b, d, h, w = t["x"].shape
+    ys = selective_scan(cross_scan(t["x"], mode).flatten(1, 2), scan_order(t["delta"], mode).flatten(1, 2),
+                        t["A"], scan_order(t["B"], mode), scan_order(t["C"], mode), t["D"], t["delta_bias"],
+                        True, backend="reference")
+    expected = cross_merge(ys.reshape(b, 4, d, h, w), mode).reshape(b, d, h, w)
+    assert y.shape == (b, d, h, w)
+    torch.testing.assert_close(y.to(expected.dtype), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_scan_order_slot_k_uses_order_k():
+    t = torch.randn(1, 4, 2, 3, 5)
+    for k in range(4):
+        torch.testing.assert_close(scan_order(t, "cross2d")[:, k], cross_scan(t[:, k], "cross2d")[:, k])
+
+
+def test_cross_selective_scan_bad_shapes():
+    t = _cross_inputs()
+    with pytest.raises(ValueError, match=r"delta must have shape \(batch, 4, D, H, W\)"):
+        cross_selective_scan(t["x"], t["delta"][:, :, :, :3], t["A"], t["B"], t["C"])
+    with pytest.raises(ValueError, match=r"A must have shape \(D, N\) = \(12, N\)"):
+        cross_selective_scan(t["x"], t["delta"], t["A"][:3], t["B"], t["C"])
