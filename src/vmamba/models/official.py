@@ -55,6 +55,9 @@ def from_official_config(kwargs: Mapping[str, Any], **overrides) -> VSSM:
     forward_type = kwargs.pop("forward_type")
     if forward_type not in _FORWARD_TYPES:
         problems.append(f"forward_type={forward_type!r} (supported: {list(_FORWARD_TYPES)})")
+    rank_ratio = kwargs.pop("ssm_rank_ratio", None)  # older releases; a no-op when equal to ssm_ratio
+    if rank_ratio is not None and rank_ratio != kwargs["ssm_ratio"]:
+        problems.append(f"ssm_rank_ratio={rank_ratio!r} (supported: equal to ssm_ratio)")
     unknown = sorted(set(kwargs) - set(_RENAMED) - set(_SUPPORTED_VALUES) - _IGNORED - {"use_checkpoint"})
     problems += [f"{k}={kwargs[k]!r} (unknown keyword)" for k in unknown]
     if problems:
