@@ -89,11 +89,14 @@ def _available(backend: ScanBackend) -> bool:
 
 
 def available_backends(device: str | torch.device | None = None) -> list[str]:
-    """Names of the backends usable here, best first; only those for ``device`` if given."""
+    """Names of the backends usable here, best first; only those for ``device`` if given.
+
+    Names starting with "_" are private tools (e.g. the FLOP-counting probe) and not listed.
+    """
     device_type = None if device is None else torch.device(device).type
     found = [
         b for b in _BACKENDS.values()
-        if _available(b) and (device_type is None or b.devices is None or device_type in b.devices)
+        if not b.name.startswith("_") and _available(b) and (device_type is None or b.devices is None or device_type in b.devices)
     ]
     return [b.name for b in sorted(found, key=lambda b: -b.priority)]
 
@@ -110,7 +113,8 @@ def get_backend(name: str) -> ScanBackend:
 def resolve_backend(name: str, device_type: str, dtype: torch.dtype) -> ScanBackend:
     """The backend that runs a call: ``name`` itself (checked) or the best one for ``"auto"``."""
     if name == "auto":
-        candidates = [b for b in _BACKENDS.values() if b.accepts(device_type, dtype) and _available(b)]
+        candidates = [b for b in _BACKENDS.values()
+                      if not b.name.startswith("_") and b.accepts(device_type, dtype) and _available(b)]
         if not candidates:
             raise RuntimeError(f"no selective-scan backend accepts {dtype} tensors on {device_type}")
         return max(candidates, key=lambda b: b.priority)
