@@ -259,7 +259,8 @@ def plot_scaling(rows: list[BenchRow], path: str | Path) -> Path | None:
     ax.set_ylabel("ms per image")
     ax.set_title("Cost against input size (cost ~ pixels^k)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if fits:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,0 +1,89 @@
+"""``vmamba erf MODEL``: effective receptive field heat maps and numbers, beside timm peers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import UsageError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("erf", help="effective receptive field of a model (and timm peers) as a heat map",
+                       description="Gradient of the centre of the last stage's output w.r.t. the input, "
+                                   "averaged over images (the paper's ERF). Shown at random initialisation "
+                                   "and, with --checkpoint, after training.")
+    p.add_argument("model", help="registered model name")
+    p.add_argument("--checkpoint", help="trained weights (this project's or the authors')")
+    p.add_argument("--images", help="folder of images (default: bundled Fashion-MNIST test images)")
+    p.add_argument("--count", type=int, default=8, help="number of images to average over")
+    p.add_argument("--size", type=int, default=224, help="input side (the paper uses 1024)")
+    p.add_argument("--peers", nargs="*", default=None,
+                   help="timm peers (default when timm is installed: resnet50 convnext_tiny swin_tiny deit_small)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="outputs/erf", help="folder for erf.png and erf.json")
+    p.set_defaults(func=run)
+
+
+def _trained_model(args):
+    """This project's checkpoints rebuild their own architecture; the authors' need MODEL."""
+    from .. import create_model, load_checkpoint, load_model
+    from ..checkpoint import CheckpointError
+
+    try:
+        return load_model(args.checkpoint)
+    except CheckpointError as e:
+        if "no model config stored" not in str(e):
+            raise
+    model = create_model(args.model, num_classes=args.num_classes)
+    load_checkpoint(model, args.checkpoint, exclude=["classifier.head"])
+    return model
+
+
+def run(args) -> int:
+    import torch
+
+    from .. import create_model, list_models
+    from ..analysis.bench import build_model, import_timm
+    from ..analysis.erf import erf_map, erf_summary, load_images, plot_erfs
+    from ..checkpoint import CheckpointError
+
+    if args.model not in list_models():
+        raise UsageError(f"unknown model {args.model!r}; choose from {', '.join(list_models())}")
+    if args.size < 32 or args.count < 1:
+        raise UsageError("--size must be >= 32 and --count >= 1")
+    try:
+        images = load_images(args.images, args.size, args.count)
+    except (ValueError, OSError) as e:
+        raise UsageError(str(e)) from None
+
+    maps = {}
+    torch.manual_seed(args.seed)
+    maps[f"{args.model} (init)"] = erf_map(create_model(args.model, num_classes=args.num_classes), images, True)
+    if args.checkpoint:
+        try:
+            trained = _trained_model(args)
+        except (CheckpointError, FileNotFoundError) as e:
+            raise UsageError(str(e)) from None
+        maps[f"{args.model} (trained)"] = erf_map(trained, images, True)
+    peers = args.peers if args.peers is not None else (
+        ["resnet50", "convnext_tiny", "swin_tiny", "deit_small"] if import_timm() else [])
+    for peer in peers:
+        torch.manual_seed(args.seed)
+        try:
+            maps[f"{peer} (init)"] = erf_map(build_model(peer, (args.size, args.size)), images, True)
+        except Exception as e:  # noqa: BLE001 - a peer that cannot run here is reported, not fatal
+            print(f"skipping {peer}: {type(e).__name__}: {e}")
+
+    summaries = {name: erf_summary(m) for name, m in maps.items()}
+    print(f"{'model':<34}{'mass outside centre 1/4':>24}{'outside centre 1/2':>20}{'area for 50%':>14}")
+    for name, s in summaries.items():
+        print(f"{name:<34}{s['mass_outside_central_quarter']:>24.1%}{s['mass_outside_central_half']:>20.1%}"
+              f"{s['area_ratio_50']:>14.1%}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "erf.json").write_text(json.dumps(
+        {"size": args.size, "images": args.count, "models": summaries}, indent=2))
+    png = plot_erfs(maps, out / "erf.png", f"Effective receptive field at {args.size}x{args.size}")
+    print(f"\nwrote {out / 'erf.json'}" + (f", {png}" if png else " (matplotlib missing: no PNG)"))
+    return 0
