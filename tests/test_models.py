@@ -243,3 +243,22 @@ def test_official_config_errors_name_the_problem():
         vmamba.from_official_config(bad)
     for part in ("forward_type='v3'", "norm_layer='bn'", "magic=1 (unknown keyword)"):
         assert part in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["vanilla_vmamba_tiny", "vmamba_tiny_s1l8"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_forward_and_backward_stay_finite(name, dtype):
+    """The scan keeps its state and exp(dt*A) in fp32 under autocast (no fp16 NaN)."""
+    model = small_model(name, scan_backend="torch")
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        ref = model.eval()(x)
+    with torch.autocast("cpu", dtype=dtype), torch.no_grad():
+        low = model(x)
+    assert low.dtype == dtype and torch.isfinite(low).all()
+    torch.testing.assert_close(low.float(), ref, rtol=0, atol=2e-2)
+    model.train()
+    with torch.autocast("cpu", dtype=dtype):
+        loss = model(x).float().logsumexp(-1).mean()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
