@@ -55,3 +55,16 @@ def test_cli_json(capsys):
     assert result["params"] == 30_249_064 and abs(result["flops"] / 4.91e9 - 1) < 0.01
     assert main(["flops", "vanilla_vmamba_tiny", "--size", "64", "96"]) == 0
     assert "selective scan" in capsys.readouterr().out
+
+
+def test_flop_counter_sees_the_cpu_kernel():
+    if "cpu" not in vmamba.ops.available_backends():
+        pytest.skip("the cpu kernel is not available here")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = vmamba.create_model("vanilla_vmamba_tiny", depths=(1, 1, 1, 1), dims=16, scan_backend="cpu").eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    counted = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    expected = sum(scan_flops(1, 4 * 2 * 16 * 2 ** i, (16 // 2 ** i) ** 2, 16) for i in range(4))
+    assert counted["vmamba.cross_selective_scan_cpu"] == 2 * expected  # FlopCounterMode: 2 per multiply-add

@@ -18,20 +18,16 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from ..ops.backends import register_backend
+from ..ops.scan_common import scan_flops
 from ..ops.scan_torch import selective_scan_torch
 
 aten = torch.ops.aten
 PROBE_BACKEND = "_flop_probe"
 # Module names whose FLOPs make up the per-part breakdown, and the part each belongs to.
 _PART = re.compile(r"^(patch_embed|classifier|outnorm\d+|layers\.\d+)(?:\.blocks\.\d+|\.downsample|\.norm)?$")
-
-
-def scan_flops(batch: int, channels: int, length: int, d_state: int) -> int:
-    """FLOPs of one selective scan: 9*B*D*L*N + B*D*L (the authors' count)."""
-    return 9 * batch * channels * length * d_state + batch * channels * length
 
 
 @torch.library.custom_op("vmamba::scan_flop_probe", mutates_args=())
@@ -59,6 +55,7 @@ register_backend(PROBE_BACKEND, _probe_backend, priority=-1000,
 
 # FlopCounterMode counts 2 per multiply-add; these formulas follow the same unit, and the
 # total is halved at the end.
+@register_flop_formula(torch.ops.vmamba.scan_flop_probe)
 def _scan_formula(u_shape, delta_shape, A_shape, *args, **kwargs) -> int:
     b, d, length = u_shape
     return 2 * scan_flops(b, d, length, A_shape[1])
@@ -78,9 +75,9 @@ def _mean_formula(input_shape, *args, **kwargs) -> int:
     return 2 * numel
 
 
-# Keyed by overload packet, as FlopCounterMode looks them up; it passes shapes for tensors.
+# The paper's convention for ops torch counts differently (LayerNorm, pooling), keyed by
+# overload packet as FlopCounterMode looks them up; it passes shapes for tensors.
 _CUSTOM = {
-    torch.ops.vmamba.scan_flop_probe: _scan_formula,
     aten.native_layer_norm: _layer_norm_formula,
     aten.mean: _mean_formula,
 }

@@ -110,8 +110,21 @@ def get_backend(name: str) -> ScanBackend:
     return _BACKENDS[name]
 
 
+@torch.compiler.assume_constant_result
+def _resolved_name(name: str, device_type: str, dtype: torch.dtype) -> str:
+    """The name of the backend for a call; a constant for torch.compile (decided at trace time)."""
+    return _resolve(name, device_type, dtype).name
+
+
 def resolve_backend(name: str, device_type: str, dtype: torch.dtype) -> ScanBackend:
-    """The backend that runs a call: ``name`` itself (checked) or the best one for ``"auto"``."""
+    """The backend that runs a call: ``name`` itself (checked) or the best one for ``"auto"``.
+
+    Under torch.compile the choice is made once, at trace time, and baked into the graph.
+    """
+    return _BACKENDS[_resolved_name(name, device_type, dtype)]
+
+
+def _resolve(name: str, device_type: str, dtype: torch.dtype) -> ScanBackend:
     if name == "auto":
         candidates = [b for b in _BACKENDS.values()
                       if not b.name.startswith("_") and b.accepts(device_type, dtype) and _available(b)]

@@ -1,0 +1,773 @@
+// Fused CPU selective scan (Mamba's S6) for vmamba: forward and backward, plain and cross-scan.
+//
+// Layout of the work: one work item = (batch, group, block of W channels); the W channels of a
+// block are the W lanes of a SIMD vector (W = 16 with AVX-512, 8 with AVX2, 4 otherwise), so the
+// state h[n] of every lane lives in registers (N vectors) and the scan needs no horizontal
+// reduction in the forward: B_t[n] and C_t[n] are shared by the channels of a group and are
+// broadcast. Time is cut into chunks of T steps; per chunk the inputs are gathered into small
+// transposed tiles (time x lane, fp32), which is also where the dtype conversion, the step-size
+// bias/softplus and (cross-scan variant) the scan order of the 2D map happen.
+//
+// Backward: the forward saves the state entering every chunk ((L / T) * N floats per channel);
+// the backward walks the chunks in reverse, recomputes the T states of a chunk from its saved
+// entering state into a tile, then runs the adjoint recurrence backwards through the chunk.
+// Per-channel parameter gradients (dA, dD, d delta_bias) and per-group ones (dB, dC, summed over
+// the channels of a group) are written per item into separate partial buffers and summed by the
+// caller in a fixed order, so results are deterministic whatever the thread count.
+//
+// Arithmetic is fp32 throughout; inputs may be fp32, bf16 or fp16.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int W = 16;
+#elif defined(__AVX__)
+constexpr int W = 8;
+#else
+constexpr int W = 4;
+#endif
+constexpr int T = 32;      // time steps per chunk (= interval of the saved states)
+constexpr int MAXN = 64;
+constexpr int SB = 4;      // channel blocks per work item (fixed: results do not depend on threads)   // largest state size of the generic (non-specialised) path
+
+typedef float vf __attribute__((vector_size(W * 4)));
+typedef int32_t vi __attribute__((vector_size(W * 4)));
+
+static inline vf vset(float s) { return vf{} + s; }
+#if defined(__AVX512F__)
+static inline vf vmax(vf a, vf b) { return (vf)_mm512_max_ps((__m512)a, (__m512)b); }
+static inline vf vmin(vf a, vf b) { return (vf)_mm512_min_ps((__m512)a, (__m512)b); }
+#else
+static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+static inline vf vmin(vf a, vf b) { return a < b ? a : b; }
+#endif
+static inline float* lanes(vf& v) { return reinterpret_cast<float*>(&v); }
+static inline const float* lanes(const vf& v) { return reinterpret_cast<const float*>(&v); }
+
+constexpr float LOG2E = 1.44269504088896341f;
+constexpr float LN2 = 0.693147180559945309f;
+
+// 2^t: t = n + r with n = round(t), r in [-1/2, 1/2]; 2^r by a degree-5 minimax polynomial
+// (relative error 1.4e-7). With AVX-512, vscalefps applies 2^n and handles overflow/underflow
+// (to inf / 0) without clamping.
+static inline vf vexp2(vf t) {
+#if defined(__AVX512F__)
+  const __m512 x = (__m512)t;
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(1.3276472455e-3f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6755418926e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5507130921e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022120237e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314694405e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0000001192e+00f));
+  return (vf)_mm512_scalef_ps(p, n);
+#else
+  t = vmin(vmax(t, vset(-126.0f)), vset(127.0f));
+  const vf n = (t + 12582912.0f) - 12582912.0f;  // round to nearest
+  const vf r = t - n;
+  vf p = vset(1.3276472455e-3f);
+  p = p * r + 9.6755418926e-3f;
+  p = p * r + 5.5507130921e-2f;
+  p = p * r + 2.4022120237e-1f;
+  p = p * r + 6.9314694405e-1f;
+  p = p * r + 1.0000001192e+00f;
+  const vi ni = __builtin_convertvector(n, vi);
+  return p * (vf)((ni + 127) << 23);
+#endif
+}
+
+static inline vf vexp(vf x) { return vexp2(x * LOG2E); }
+
+// log(x) for x in [1, 2] (cephes logf polynomial).
+static inline vf vlog_1_2(vf x) {
+  vi big = x > 1.41421356f;
+  vf e = big ? vset(1.0f) : vset(0.0f);
+  x = big ? x * 0.5f : x;
+  vf f = x - 1.0f;
+  vf y = vset(7.0376836292E-2f);
+  y = y * f - 1.1514610310E-1f;
+  y = y * f + 1.1676998740E-1f;
+  y = y * f - 1.2420140846E-1f;
+  y = y * f + 1.4249322787E-1f;
+  y = y * f - 1.6668057665E-1f;
+  y = y * f + 2.0000714765E-1f;
+  y = y * f - 2.4999993993E-1f;
+  y = y * f + 3.3333331174E-1f;
+  vf z = f * f;
+  y = y * f * z;
+  y = y + e * -2.12194440e-4f;
+  y = y - 0.5f * z;
+  return f + y + e * 0.693359375f;
+}
+
+static inline vf vneg_abs(vf x) { return x < 0.0f ? x : -x; }
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)), with log1p(e) = log(v) - ((v - 1) - e) / v, v = 1 + e.
+static inline vf vsoftplus(vf x) {
+  vf e = vexp(vneg_abs(x));
+  vf v = 1.0f + e;
+  vf lp = vlog_1_2(v) - ((v - 1.0f) - e) / v;
+  return vmax(x, vset(0.0f)) + lp;
+}
+
+static inline vf vsigmoid(vf x) {
+  vf e = vexp(vneg_abs(x));
+  vf s = 1.0f / (1.0f + e);
+  return x >= 0.0f ? s : e * s;
+}
+
+template <typename S> static inline float to_f(S v) { return static_cast<float>(v); }
+
+// Where scan step t of direction k reads the (row-major) map of H x Wd pixels.
+// mode 0: plain sequence; 1: cross2d; 2: unidi; 3: bidi.
+static inline int64_t pixel(int mode, int k, int64_t t, int64_t L, int64_t H, int64_t Wd) {
+  switch (mode) {
+    case 1:
+      if (k >= 2) t = L - 1 - t;
+      if (k & 1) return (t % H) * Wd + t / H;
+      return t;
+    case 3:
+      return k >= 2 ? L - 1 - t : t;
+    default:
+      return t;
+  }
+}
+
+struct Problem {
+  int64_t batch, K, Dch, G, L, N, H, Wd, nblk, nsb, nchunks;
+  int mode;
+  int dtype;  // of u, delta, z: 0 fp32, 1 bf16, 2 fp16
+  int64_t su[3], sd[4], sz[3];  // element strides: u, z (batch, channel, pixel); delta (batch, direction, channel, pixel)
+  bool softplus, has_D, has_bias, has_z, save, cross;
+  const void* u;       // plain: (batch, Dch, L); cross: x (batch, Dch, H, W)
+  const void* delta;   // (batch, K * Dch, L), pixel layout for cross
+  const void* z;       // plain only: (batch, Dch, L)
+  const float* A;      // (K * Dch, N)
+  const float* Dv;     // (K * Dch)
+  const float* bias;   // (K * Dch)
+  const float* Bt;     // (batch, K * G, L, N), scan order
+  const float* Ct;
+  // forward outputs
+  float* y;            // plain: (batch, Dch, L) written; cross: (batch, Dch, L) accumulated
+  float* last;         // (batch, K * Dch, N)
+  float* states;       // (batch, K, G * nblk, nchunks, N, W)
+  // backward
+  const float* dout;   // like y
+  const float* dlast;  // (batch, K * Dch, N) or null
+  float* du;           // like u (fp32); accumulated for cross
+  float* ddelta;       // like delta (fp32)
+  float* dz;           // like z (fp32)
+  float* dAp;          // (batch, K * Dch, N)
+  float* dDp;          // (batch, K * Dch)
+  float* dbiasp;       // (batch, K * Dch)
+  float* dBp;          // (batch, K * G, nsb, L, N)
+  float* dCp;
+};
+
+struct Lanes {
+  int64_t c0;  // first channel (within a direction) of the block
+  int nl;      // valid lanes
+};
+
+// In-register transpose of a W x W block (rows r[0..W-1]) by log2(W) stages of 2x2 block swaps.
+template <int d, int... I>
+static inline vf swap_lo(vf a, vf b, std::integer_sequence<int, I...>) {
+  return __builtin_shufflevector(a, b, ((I & d) ? (I - d + W) : I)...);
+}
+template <int d, int... I>
+static inline vf swap_hi(vf a, vf b, std::integer_sequence<int, I...>) {
+  return __builtin_shufflevector(a, b, ((I & d) ? (I + W) : (I + d))...);
+}
+template <int d>
+static inline void transpose_stage(vf* r) {
+  if constexpr (d >= 1) {
+    constexpr auto seq = std::make_integer_sequence<int, W>{};
+    for (int i = 0; i < W; ++i) {
+      if (i & d) continue;
+      const vf a = r[i], b = r[i + d];
+      r[i] = swap_lo<d>(a, b, seq);
+      r[i + d] = swap_hi<d>(a, b, seq);
+    }
+    transpose_stage<d / 2>(r);
+  }
+}
+static inline void transpose(vf* r) { transpose_stage<W / 2>(r); }
+
+template <typename S>
+static inline vf load_row(const S* p) {
+  if constexpr (std::is_same_v<S, float>) {
+    vf v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  } else {
+    vf v;
+    float* l = lanes(v);
+    for (int i = 0; i < W; ++i) l[i] = static_cast<float>(p[i]);
+    return v;
+  }
+}
+
+// Is the chunk's pixel sequence contiguous and increasing (plain scans, row-major directions)?
+static inline bool contiguous(const int64_t* pidx, int tc) {
+  for (int j = 1; j < tc; ++j)
+    if (pidx[j] != pidx[0] + j) return false;
+  return tc > 1;
+}
+
+// Fast tile load for full blocks of W lanes and contiguous pixels: W x W transposes in registers.
+template <typename S>
+static inline int load_tile_fast(vf* tile, const S* base, int64_t stride_c, int64_t p0, int tc) {
+  int j0 = 0;
+  for (; j0 + W <= tc; j0 += W) {
+    vf r[W];
+    for (int w = 0; w < W; ++w) {
+      const S* row = base + w * stride_c + p0 + j0;
+      // software prefetch of the same rows one chunk ahead (forward) or behind (backward)
+      __builtin_prefetch(row + T);
+      __builtin_prefetch(row - T);
+      r[w] = load_row(row);
+    }
+    transpose(r);
+    for (int i = 0; i < W; ++i) tile[j0 + i] = r[i];
+  }
+  return j0;
+}
+
+template <typename S>
+static inline void load_tile_t(vf* tile, const S* base, int64_t stride_c, int64_t stride_p, const int64_t* pidx,
+                               int tc, int nl) {
+  if (nl == W && stride_c == 1) {  // channels contiguous (channel-last memory): one vector per step, any order
+    for (int j = 0; j < tc; ++j) tile[j] = load_row(base + pidx[j] * stride_p);
+    return;
+  }
+  int j0 = 0;
+  if (nl == W && stride_p == 1 && contiguous(pidx, tc)) j0 = load_tile_fast(tile, base, stride_c, pidx[0], tc);
+  for (int j = j0; j < tc; ++j) tile[j] = vf{};
+  for (int w = 0; w < nl; ++w) {
+    const S* p = base + w * stride_c;
+    for (int j = j0; j < tc; ++j) lanes(tile[j])[w] = to_f(p[pidx[j] * stride_p]);
+  }
+}
+
+// Gather tile[j][w] = base[offset + w * stride_c + pidx[j] * stride_p] (as fp32) for the valid lanes; 0 elsewhere.
+static inline void load_tile(vf* tile, const void* base, int dtype, int64_t offset, int64_t stride_c,
+                             int64_t stride_p, const int64_t* pidx, int tc, int nl) {
+  switch (dtype) {
+    case 1: load_tile_t(tile, static_cast<const c10::BFloat16*>(base) + offset, stride_c, stride_p, pidx, tc, nl); break;
+    case 2: load_tile_t(tile, static_cast<const c10::Half*>(base) + offset, stride_c, stride_p, pidx, tc, nl); break;
+    default: load_tile_t(tile, static_cast<const float*>(base) + offset, stride_c, stride_p, pidx, tc, nl);
+  }
+}
+
+static inline void store_tile(float* base, int64_t stride_c, const int64_t* pidx, const vf* tile, int tc, int nl,
+                              bool accumulate) {
+  int j0 = 0;
+  if (nl == W && contiguous(pidx, tc)) {
+    for (; j0 + W <= tc; j0 += W) {
+      vf r[W];
+      for (int i = 0; i < W; ++i) r[i] = tile[j0 + i];
+      transpose(r);
+      for (int w = 0; w < W; ++w) {
+        float* p = base + w * stride_c + pidx[0] + j0;
+        vf v = r[w];
+        if (accumulate) {
+          vf o;
+          std::memcpy(&o, p, sizeof o);
+          v = v + o;
+        }
+        std::memcpy(p, &v, sizeof v);
+      }
+    }
+  }
+  if (j0 >= tc) return;
+  pidx += j0;
+  tile += j0;
+  tc -= j0;
+  for (int w = 0; w < nl; ++w) {
+    float* p = base + w * stride_c;
+    if (accumulate) {
+      for (int j = 0; j < tc; ++j) p[pidx[j]] += lanes(tile[j])[w];
+    } else {
+      for (int j = 0; j < tc; ++j) p[pidx[j]] = lanes(tile[j])[w];
+    }
+  }
+}
+
+// dt tile from the raw delta tile: + bias, softplus, zero on padding lanes; optionally sigmoid.
+static inline void step_tile(vf* dt, vf* sig, int tc, vf bias, vf mask, bool softplus) {
+  for (int j = 0; j < tc; ++j) {
+    vf x = dt[j] + bias;
+    if (softplus) {
+      if (sig) sig[j] = vsigmoid(x);
+      x = vsoftplus(x);
+    }
+    dt[j] = x * mask;
+  }
+}
+
+static inline void load_lane_params(const Problem& P, int64_t sc0, int nl, vf* Av, vf& Dl, vf& bl, vf& mask) {
+  const int64_t N = P.N;
+  for (int n = 0; n < N; ++n) Av[n] = vf{};
+  Dl = vf{};
+  bl = vf{};
+  mask = vf{};
+  for (int w = 0; w < nl; ++w) {
+    for (int n = 0; n < N; ++n) lanes(Av[n])[w] = P.A[(sc0 + w) * N + n] * LOG2E;  // exp(dt A) = 2^(dt A log2e)
+    if (P.has_D) lanes(Dl)[w] = P.Dv[sc0 + w];
+    if (P.has_bias) lanes(bl)[w] = P.bias[sc0 + w];
+    lanes(mask)[w] = 1.0f;
+  }
+}
+
+template <int NS>
+void forward_item(const Problem& P, int64_t b, int64_t g, int64_t blk) {
+  const int N = NS ? NS : static_cast<int>(P.N);
+  const int64_t L = P.L, dg = P.Dch / P.G;
+  const int64_t c0 = g * dg + blk * W;
+  const int nl = static_cast<int>(std::min<int64_t>(W, dg - blk * W));
+  vf dt_t[T], u_t[T], y_t[T];
+  int64_t pidx[T];
+  vf Av[NS ? NS : MAXN];
+  vf h[NS ? NS : MAXN];
+  const int64_t u_b = b * P.Dch * L;
+  for (int k = 0; k < P.K; ++k) {
+    const int64_t sc0 = k * P.Dch + c0;  // first scan channel of the block
+    vf Dl, bl, mask;
+    load_lane_params(P, sc0, nl, Av, Dl, bl, mask);
+#pragma GCC unroll 16
+    for (int n = 0; n < N; ++n) h[n] = vf{};
+    const float* Bk = P.Bt + ((b * P.K + k) * P.G + g) * L * N;
+    const float* Ck = P.Ct + ((b * P.K + k) * P.G + g) * L * N;
+    float* st = P.save ? P.states + (((b * P.K + k) * P.G * P.nblk + g * P.nblk + blk) * P.nchunks) * N * W : nullptr;
+    for (int64_t ci = 0; ci < P.nchunks; ++ci) {
+      const int64_t t0 = ci * T;
+      const int tc = static_cast<int>(std::min<int64_t>(T, L - t0));
+      if (st) std::memcpy(st + ci * N * W, h, sizeof(vf) * N);
+      for (int j = 0; j < tc; ++j) pidx[j] = pixel(P.mode, k, t0 + j, L, P.H, P.Wd);
+      load_tile(u_t, P.u, P.dtype, b * P.su[0] + c0 * P.su[1], P.su[1], P.su[2], pidx, tc, nl);
+      load_tile(dt_t, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], pidx, tc, nl);
+      step_tile(dt_t, nullptr, tc, bl, mask, P.softplus);
+      const float* Bj = Bk + t0 * N;
+      const float* Cj = Ck + t0 * N;
+      for (int j = 0; j < tc; ++j, Bj += N, Cj += N) {
+        const vf dt = dt_t[j];
+        const vf dtu = dt * u_t[j];
+        vf y0 = vf{}, y1 = vf{};
+#pragma GCC unroll 16
+        for (int n = 0; n < N; n += 2) {
+          const vf dA0 = vexp2(dt * Av[n]);
+          h[n] = dA0 * h[n] + dtu * Bj[n];
+          y0 = y0 + h[n] * Cj[n];
+          if (n + 1 < N) {
+            const vf dA1 = vexp2(dt * Av[n + 1]);
+            h[n + 1] = dA1 * h[n + 1] + dtu * Bj[n + 1];
+            y1 = y1 + h[n + 1] * Cj[n + 1];
+          }
+        }
+        y_t[j] = y0 + y1 + Dl * u_t[j];
+      }
+      if (P.has_z) {
+        vf z_t[T];
+        load_tile(z_t, P.z, P.dtype, b * P.sz[0] + c0 * P.sz[1], P.sz[1], P.sz[2], pidx, tc, nl);
+        for (int j = 0; j < tc; ++j) y_t[j] = y_t[j] * (z_t[j] * vsigmoid(z_t[j]));
+      }
+      store_tile(P.y + u_b + c0 * L, L, pidx, y_t, tc, nl, P.cross);
+    }
+    if (P.last) {
+      for (int w = 0; w < nl; ++w)
+        for (int n = 0; n < N; ++n) P.last[(b * P.K * P.Dch + sc0 + w) * N + n] = lanes(h[n])[w];
+    }
+  }
+}
+
+// Sum the lanes of tile[j * N + n] into out[(t0 + j) * N + n].
+template <int NS>
+static inline void reduce_lanes(const vf* tile, float* out, int tc, int N, bool acc) {
+#if defined(__AVX512F__)
+  if constexpr (NS == 16 && W == 16) {
+    // 16 x 16 transpose-and-add tree: 45 shuffles/adds for 16 sums.
+    for (int j = 0; j < tc; ++j) {
+      const vf* v = tile + j * 16;
+      vf a[8], c[4], d[2];
+      for (int i = 0; i < 8; ++i) {
+        vf lo = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+        vf hi = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+        a[i] = lo + hi;  // lanes 0-7: 8 partials of v[2i]; 8-15: of v[2i+1]
+      }
+      for (int i = 0; i < 4; ++i) {
+        vf lo = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+        vf hi = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+        c[i] = lo + hi;  // 4 partials each of v[4i .. 4i+3]
+      }
+      for (int i = 0; i < 2; ++i) {
+        vf lo = __builtin_shufflevector(c[2 * i], c[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29);
+        vf hi = __builtin_shufflevector(c[2 * i], c[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+        d[i] = lo + hi;  // 2 partials each of v[8i .. 8i+7]
+      }
+      vf lo = __builtin_shufflevector(d[0], d[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+      vf hi = __builtin_shufflevector(d[0], d[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+      vf s = lo + hi;
+      if (acc) {
+        vf o;
+        std::memcpy(&o, out + j * 16, sizeof o);
+        s = s + o;
+      }
+      std::memcpy(out + j * 16, &s, sizeof s);
+    }
+    return;
+  }
+#endif
+  {
+    for (int j = 0; j < tc; ++j)
+      for (int n = 0; n < N; ++n) {
+        const float* l = lanes(tile[j * N + n]);
+        float s = 0.0f;
+        for (int w = 0; w < W; ++w) s += l[w];
+        out[j * N + n] = acc ? out[j * N + n] + s : s;
+      }
+  }
+}
+
+template <int NS>
+void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vector<vf>& buf) {
+  const int N = NS ? NS : static_cast<int>(P.N);
+  const int64_t L = P.L, dg = P.Dch / P.G;
+  const int64_t c0 = g * dg + blk * W;
+  const int nl = static_cast<int>(std::min<int64_t>(W, dg - blk * W));
+  vf dt_t[T], sg_t[T], u_t[T], z_t[T], do_t[T], ys_t[T], du_t[T], dd_t[T], dz_t[T];
+  int64_t pidx[T];
+  vf Av[NS ? NS : MAXN], h0[NS ? NS : MAXN], dh[NS ? NS : MAXN], dA_acc[NS ? NS : MAXN];
+  buf.resize(static_cast<size_t>(4) * T * N);
+  vf* hs = buf.data();          // [T][N] state after step j
+  vf* dAs = hs + T * N;         // [T][N] exp(dt A), then the dA contribution
+  vf* dBt = dAs + T * N;        // [N] lane partials of dB at one step (reduced right away, stays in L1)
+  vf* dCt = dBt + N;            // [N] lane partials of dC at one step
+  const int64_t u_b = b * P.Dch * L;
+  for (int k = 0; k < P.K; ++k) {
+    const int64_t sc0 = k * P.Dch + c0;
+    vf Dl, bl, mask;
+    load_lane_params(P, sc0, nl, Av, Dl, bl, mask);
+    for (int n = 0; n < N; ++n) {
+      dh[n] = vf{};
+      dA_acc[n] = vf{};
+    }
+    if (P.dlast) {
+      for (int w = 0; w < nl; ++w)
+        for (int n = 0; n < N; ++n) lanes(dh[n])[w] = P.dlast[(b * P.K * P.Dch + sc0 + w) * N + n];
+    }
+    vf dD_acc = vf{}, db_acc = vf{};
+    const float* Bk = P.Bt + ((b * P.K + k) * P.G + g) * L * N;
+    const float* Ck = P.Ct + ((b * P.K + k) * P.G + g) * L * N;
+    const int64_t d_b = (b * P.K * P.Dch + sc0) * L;
+    const float* st = P.states + (((b * P.K + k) * P.G * P.nblk + g * P.nblk + blk) * P.nchunks) * N * W;
+    // dB/dC partial sums of this block's super-block (SB blocks, summed in order: deterministic)
+    const bool first = blk % SB == 0;
+    float* dBo = P.dBp + (((b * P.K + k) * P.G + g) * P.nsb + blk / SB) * L * N;
+    float* dCo = P.dCp + (((b * P.K + k) * P.G + g) * P.nsb + blk / SB) * L * N;
+    for (int64_t ci = P.nchunks - 1; ci >= 0; --ci) {
+      const int64_t t0 = ci * T;
+      const int tc = static_cast<int>(std::min<int64_t>(T, L - t0));
+      std::memcpy(h0, st + ci * N * W, sizeof(vf) * N);
+      for (int j = 0; j < tc; ++j) pidx[j] = pixel(P.mode, k, t0 + j, L, P.H, P.Wd);
+      load_tile(u_t, P.u, P.dtype, b * P.su[0] + c0 * P.su[1], P.su[1], P.su[2], pidx, tc, nl);
+      load_tile(dt_t, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], pidx, tc, nl);
+      load_tile(do_t, P.dout, 0, u_b + c0 * L, L, 1, pidx, tc, nl);
+      step_tile(dt_t, sg_t, tc, bl, mask, P.softplus);
+      if (P.has_z) load_tile(z_t, P.z, P.dtype, b * P.sz[0] + c0 * P.sz[1], P.sz[1], P.sz[2], pidx, tc, nl);
+      const float* B0 = Bk + t0 * N;
+      const float* C0 = Ck + t0 * N;
+      // 1. recompute the chunk's states
+      {
+        vf h[NS ? NS : MAXN];
+        for (int n = 0; n < N; ++n) h[n] = h0[n];
+        const float* Bj = B0;
+        const float* Cj = C0;
+        for (int j = 0; j < tc; ++j, Bj += N, Cj += N) {
+          const vf dt = dt_t[j];
+          const vf dtu = dt * u_t[j];
+          vf y = vf{};
+#pragma GCC unroll 16
+          for (int n = 0; n < N; ++n) {
+            const vf dA = vexp2(dt * Av[n]);
+            h[n] = dA * h[n] + dtu * Bj[n];
+            hs[j * N + n] = h[n];
+            dAs[j * N + n] = dA;
+            if (P.has_z) y = y + h[n] * Cj[n];
+          }
+          if (P.has_z) ys_t[j] = y + Dl * u_t[j];
+        }
+      }
+      // 2. adjoint recurrence backwards through the chunk
+      for (int j = tc - 1; j >= 0; --j) {
+        const float* Bj = B0 + j * N;
+        const float* Cj = C0 + j * N;
+        const vf dt = dt_t[j], u = u_t[j];
+        vf dy = do_t[j];
+        if (P.has_z) {
+          const vf zz = z_t[j];
+          const vf s = vsigmoid(zz);
+          dz_t[j] = dy * ys_t[j] * (s * (1.0f + zz * (1.0f - s)));
+          dy = dy * zz * s;
+        }
+        dD_acc = dD_acc + dy * u;
+        const vf dtu = dt * u;
+        vf sB = vf{}, qa = vf{};
+        const vf* hp = j > 0 ? hs + (j - 1) * N : h0;
+#pragma GCC unroll 16
+        for (int n = 0; n < N; ++n) {
+          const vf d = dh[n] + dy * Cj[n];
+          const vf a = dAs[j * N + n];
+          dCt[n] = dy * hs[j * N + n];
+          dBt[n] = d * dtu;
+          sB = sB + d * Bj[n];
+          const vf q = d * a * hp[n];
+          qa = qa + q * Av[n];
+          dAs[j * N + n] = q * dt;
+          dh[n] = d * a;
+        }
+        reduce_lanes<NS>(dBt, dBo + (t0 + j) * N, 1, N, !first);
+        reduce_lanes<NS>(dCt, dCo + (t0 + j) * N, 1, N, !first);
+        du_t[j] = dt * sB + Dl * dy;
+        vf ddt = qa * LN2 + u * sB;  // Av holds A * log2e
+        if (P.softplus) ddt = ddt * sg_t[j];
+        ddt = ddt * mask;
+        dd_t[j] = ddt;
+        db_acc = db_acc + ddt;
+      }
+      for (int j = 0; j < tc; ++j)
+        for (int n = 0; n < N; ++n) dA_acc[n] = dA_acc[n] + dAs[j * N + n];
+      store_tile(P.du + u_b + c0 * L, L, pidx, du_t, tc, nl, P.cross);
+      store_tile(P.ddelta + d_b, L, pidx, dd_t, tc, nl, false);
+      if (P.has_z) store_tile(P.dz + u_b + c0 * L, L, pidx, dz_t, tc, nl, false);
+    }
+    for (int w = 0; w < nl; ++w) {
+      const int64_t c = b * P.K * P.Dch + sc0 + w;
+      for (int n = 0; n < N; ++n) P.dAp[c * N + n] = lanes(dA_acc[n])[w];
+      P.dDp[c] = lanes(dD_acc)[w];
+      P.dbiasp[c] = lanes(db_acc)[w];
+    }
+  }
+}
+
+void run_forward(const Problem& P) {
+  const int64_t items = P.batch * P.G * P.nsb;
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bi = begin * SB; bi < end * SB; ++bi) {
+      const int64_t sbi = bi / SB, b = sbi / (P.G * P.nsb), g = (sbi / P.nsb) % P.G, blk = (sbi % P.nsb) * SB + bi % SB;
+      if (blk >= P.nblk) continue;
+      switch (P.N) {
+        case 1: forward_item<1>(P, b, g, blk); break;
+        case 2: forward_item<2>(P, b, g, blk); break;
+        case 4: forward_item<4>(P, b, g, blk); break;
+        case 8: forward_item<8>(P, b, g, blk); break;
+        case 16: forward_item<16>(P, b, g, blk); break;
+        default: forward_item<0>(P, b, g, blk);
+      }
+    }
+  });
+}
+
+void run_backward(const Problem& P) {
+  const int64_t items = P.batch * P.G * P.nsb;
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    std::vector<vf> buf;
+    for (int64_t bi = begin * SB; bi < end * SB; ++bi) {  // the blocks of super-blocks [begin, end), in order
+      const int64_t sbi = bi / SB, b = sbi / (P.G * P.nsb), g = (sbi / P.nsb) % P.G, blk = (sbi % P.nsb) * SB + bi % SB;
+      if (blk >= P.nblk) continue;
+      switch (P.N) {
+        case 1: backward_item<1>(P, b, g, blk, buf); break;
+        case 2: backward_item<2>(P, b, g, blk, buf); break;
+        case 4: backward_item<4>(P, b, g, blk, buf); break;
+        case 8: backward_item<8>(P, b, g, blk, buf); break;
+        case 16: backward_item<16>(P, b, g, blk, buf); break;
+        default: backward_item<0>(P, b, g, blk, buf);
+      }
+    }
+  });
+}
+
+int dtype_id(at::ScalarType st) {
+  switch (st) {
+    case at::kFloat: return 0;
+    case at::kBFloat16: return 1;
+    case at::kHalf: return 2;
+    default: TORCH_CHECK(false, "vmamba cpu scan: unsupported dtype ", st);
+  }
+  return 0;
+}
+
+const float* opt_ptr(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() && t->numel() ? t->data_ptr<float>() : nullptr;
+}
+
+// Fill the shape part of a Problem. u: plain (b, D, L) or cross (b, D, H, W); Bt: (b, K*G, L, N).
+Problem make_problem(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                     const at::Tensor& Ct, const c10::optional<at::Tensor>& Dv,
+                     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& z, bool softplus,
+                     int64_t K, int64_t mode) {
+  TORCH_CHECK(A.is_contiguous() && Bt.is_contiguous() && Ct.is_contiguous(),
+              "vmamba cpu scan: A, B, C must be contiguous");
+  TORCH_CHECK(A.scalar_type() == at::kFloat && Bt.scalar_type() == at::kFloat && Ct.scalar_type() == at::kFloat,
+              "vmamba cpu scan: A, B, C must be float32 here");
+  TORCH_CHECK(delta.scalar_type() == u.scalar_type(), "vmamba cpu scan: delta must have u's dtype");
+  Problem P{};
+  P.cross = mode != 0;
+  P.batch = u.size(0);
+  P.Dch = u.size(1);
+  if (P.cross) {
+    P.H = u.size(2);
+    P.Wd = u.size(3);
+    P.L = P.H * P.Wd;
+  } else {
+    P.L = u.size(2);
+    P.H = 1;
+    P.Wd = P.L;
+  }
+  P.K = K;
+  P.N = A.size(1);
+  TORCH_CHECK(P.N >= 1 && P.N <= MAXN, "vmamba cpu scan: state size must be in [1, ", MAXN, "]");
+  TORCH_CHECK(Bt.size(1) % K == 0, "vmamba cpu scan: bad group count");
+  P.G = Bt.size(1) / K;
+  TORCH_CHECK(P.Dch % P.G == 0, "vmamba cpu scan: groups must divide channels");
+  P.nblk = (P.Dch / P.G + W - 1) / W;
+  P.nsb = (P.nblk + SB - 1) / SB;
+  P.nchunks = (P.L + T - 1) / T;
+  P.mode = static_cast<int>(mode);
+  P.dtype = dtype_id(u.scalar_type());
+  P.softplus = softplus;
+  // u, delta, z may have any strides as long as the pixels of a 2D map flatten to one stride.
+  P.u = u.data_ptr();
+  P.delta = delta.data_ptr();
+  if (P.cross) {
+    TORCH_CHECK(u.dim() == 4 && delta.dim() == 5 && delta.size(1) == K, "vmamba cpu scan: bad cross-scan shapes");
+    TORCH_CHECK((P.H == 1 || u.stride(2) == P.Wd * u.stride(3)) && (P.H == 1 || delta.stride(3) == P.Wd * delta.stride(4)),
+                "vmamba cpu scan: the H and W dims of x and delta must be flattenable");
+    P.su[0] = u.stride(0); P.su[1] = u.stride(1); P.su[2] = u.stride(3);
+    P.sd[0] = delta.stride(0); P.sd[1] = delta.stride(1); P.sd[2] = delta.stride(2); P.sd[3] = delta.stride(4);
+  } else {
+    TORCH_CHECK(u.dim() == 3 && delta.dim() == 3 && delta.sizes() == u.sizes(), "vmamba cpu scan: bad shapes");
+    P.su[0] = u.stride(0); P.su[1] = u.stride(1); P.su[2] = u.stride(2);
+    P.sd[0] = delta.stride(0); P.sd[1] = 0; P.sd[2] = delta.stride(1); P.sd[3] = delta.stride(2);
+  }
+  P.A = A.data_ptr<float>();
+  P.Bt = Bt.data_ptr<float>();
+  P.Ct = Ct.data_ptr<float>();
+  P.Dv = opt_ptr(Dv);
+  P.bias = opt_ptr(bias);
+  P.has_D = P.Dv != nullptr;
+  P.has_bias = P.bias != nullptr;
+  P.has_z = z.has_value() && z->defined() && z->numel();
+  if (P.has_z) {
+    TORCH_CHECK(!P.cross && z->sizes() == u.sizes() && z->scalar_type() == u.scalar_type(), "vmamba cpu scan: bad z");
+    P.z = z->data_ptr();
+    P.sz[0] = z->stride(0); P.sz[1] = z->stride(1); P.sz[2] = z->stride(2);
+  }
+  return P;
+}
+
+// Returns y (fp32; like u), last state (b, K*D, N), saved states (or empty).
+std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                const at::Tensor& Bt, const at::Tensor& Ct, const c10::optional<at::Tensor>& Dv,
+                                const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& z,
+                                bool softplus, bool save, int64_t K, int64_t mode) {
+  Problem P = make_problem(u, delta, A, Bt, Ct, Dv, bias, z, softplus, K, mode);
+  auto f32 = u.options().dtype(at::kFloat);
+  at::Tensor y = P.cross ? at::zeros(u.sizes(), f32) : at::empty(u.sizes(), f32);
+  at::Tensor last = at::empty({P.batch, K * P.Dch, P.N}, f32);
+  at::Tensor states = save ? at::empty({P.batch, K, P.G * P.nblk, P.nchunks, P.N, W}, f32) : at::empty({0}, f32);
+  P.y = y.data_ptr<float>();
+  P.last = last.data_ptr<float>();
+  P.save = save;
+  P.states = save ? states.data_ptr<float>() : nullptr;
+  if (P.L > 0) {
+    run_forward(P);
+  } else {
+    last.zero_();
+  }
+  return {y, last, states};
+}
+
+// Returns du (fp32, like u), ddelta (fp32, like delta), dA partials (b, K*D, N), dB/dC partials
+// (b, K*G, nsb, L, N), dD/dbias partials (b, K*D), dz (fp32, like z, or empty).
+std::vector<at::Tensor> backward(const at::Tensor& dout, const c10::optional<at::Tensor>& dlast, const at::Tensor& u,
+                                 const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
+                                 const at::Tensor& Ct, const c10::optional<at::Tensor>& Dv,
+                                 const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& z,
+                                 const at::Tensor& states, bool softplus, int64_t K, int64_t mode) {
+  Problem P = make_problem(u, delta, A, Bt, Ct, Dv, bias, z, softplus, K, mode);
+  TORCH_CHECK(dout.is_contiguous() && dout.scalar_type() == at::kFloat && dout.sizes() == u.sizes(),
+              "vmamba cpu scan: dout must be a contiguous float32 tensor shaped like u");
+  auto f32 = u.options().dtype(at::kFloat);
+  at::Tensor du = P.cross ? at::zeros(u.sizes(), f32) : at::empty(u.sizes(), f32);
+  at::Tensor ddelta = at::empty(delta.sizes(), f32);
+  at::Tensor dz = P.has_z ? at::empty(u.sizes(), f32) : at::empty({0}, f32);
+  at::Tensor dAp = at::empty({P.batch, K * P.Dch, P.N}, f32);
+  at::Tensor dDp = at::empty({P.batch, K * P.Dch}, f32);
+  at::Tensor dbp = at::empty({P.batch, K * P.Dch}, f32);
+  at::Tensor dBp = at::empty({P.batch, K * P.G, P.nsb, P.L, P.N}, f32);
+  at::Tensor dCp = at::empty({P.batch, K * P.G, P.nsb, P.L, P.N}, f32);
+  if (P.L == 0) {
+    dAp.zero_();
+    dDp.zero_();
+    dbp.zero_();
+    return {du, ddelta, dAp, dBp, dCp, dDp, dbp, dz};
+  }
+  TORCH_CHECK(states.numel() == P.batch * K * P.G * P.nblk * P.nchunks * P.N * W,
+              "vmamba cpu scan: saved states do not match the inputs");
+  at::Tensor dl;
+  if (dlast.has_value() && dlast->defined() && dlast->numel()) {
+    dl = dlast->to(at::kFloat).contiguous();
+    P.dlast = dl.data_ptr<float>();
+  }
+  P.states = states.data_ptr<float>();
+  P.dout = dout.data_ptr<float>();
+  P.du = du.data_ptr<float>();
+  P.ddelta = ddelta.data_ptr<float>();
+  P.dz = P.has_z ? dz.data_ptr<float>() : nullptr;
+  P.dAp = dAp.data_ptr<float>();
+  P.dDp = dDp.data_ptr<float>();
+  P.dbiasp = dbp.data_ptr<float>();
+  P.dBp = dBp.data_ptr<float>();
+  P.dCp = dCp.data_ptr<float>();
+  run_backward(P);
+  return {du, ddelta, dAp, dBp, dCp, dDp, dbp, dz};
+}
+
+int64_t lanes_per_vector() { return W; }
+int64_t chunk_steps() { return T; }
+bool built_with_openmp() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+// Registered as plain torch ops (no pybind11, so the build only needs light headers); the Python
+// side (scan_cpu.py) wraps them in the vmamba:: custom ops that carry the fake and autograd parts.
+TORCH_LIBRARY(vmamba_cpu_kernel, m) {
+  m.def("forward", &forward);
+  m.def("backward", &backward);
+  m.def("lanes", &lanes_per_vector);
+  m.def("chunk", &chunk_steps);
+  m.def("openmp", &built_with_openmp);
+}

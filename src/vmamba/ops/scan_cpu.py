@@ -1,0 +1,424 @@
+"""The ``"cpu"`` selective-scan backend: a fused C++ kernel, compiled on first use.
+
+The kernel (``cpu/selective_scan.cpp``, shipped inside the package) keeps the state in SIMD
+registers, vectorised over channels (16 per vector with AVX-512), runs parallel over
+(batch, channel block) with torch's intra-op threads (``torch.set_num_threads``) and sequential in
+time, in fp32 arithmetic for fp32/bf16/fp16 inputs. Its backward recomputes the states of each
+chunk of 64 steps from the state saved at the chunk's start (a reverse scan), so training memory
+stays O(batch * D * L) instead of storing every state.
+
+Build: ``torch.utils.cpp_extension.load`` compiles the source the first time the backend is asked
+for (``is_available()``, i.e. the first ``"auto"`` selection on a CPU tensor), with
+``-O3 -march=native`` and OpenMP, into a cache directory keyed on the source, torch, Python and the
+CPU (``$VMAMBA_CACHE`` or ``~/.cache/vmamba``); later processes load the cached build in
+milliseconds. Where no working compiler is present, one warning is issued and the backend
+reports itself unavailable, so ``"auto"`` uses the ``"torch"`` backend instead. Importing
+vmamba never compiles anything. ``VMAMBA_CPU_KERNEL=0`` disables the kernel.
+
+Two ops are registered with ``torch.library`` (fake implementations and autograd formulas
+included, so ``torch.compile`` and FLOP counters see them):
+
+* ``vmamba::selective_scan_cpu`` (backward: ``vmamba::selective_scan_cpu_backward``);
+* ``vmamba::cross_selective_scan_cpu`` (backward: ``vmamba::cross_selective_scan_cpu_backward``):
+  the four scan orders of a (B, D, H, W) map read directly by the kernel and merged in place,
+  so the four direction copies of cross-scan are never materialised.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+from .backends import register_backend
+from .cross_scan import _check_mode
+from .cross_selective_scan import scan_order
+from .scan_common import scan_flops
+from .scan_torch import selective_scan_torch
+
+__all__ = [
+    "selective_scan_cpu", "cross_selective_scan_cpu", "is_available", "load_extension",
+    "SCAN_OP", "CROSS_SCAN_OP", "MAX_STATE",
+]
+
+SCAN_OP = "vmamba::selective_scan_cpu"
+CROSS_SCAN_OP = "vmamba::cross_selective_scan_cpu"
+MAX_STATE = 64  # largest d_state the kernel takes; larger ones go to the "torch" backend
+_MODE_IDS = {"cross2d": 1, "unidi": 2, "bidi": 3}
+_SOURCE = Path(__file__).parent / "cpu" / "selective_scan.cpp"
+
+_lock = threading.Lock()
+_ext = None
+_ext_failed = False
+_ext_info: dict = {}
+
+
+def _cpu_signature() -> str:
+    """A string that changes when the build would not run on (or be tuned for) this CPU."""
+    parts = [platform.system(), platform.machine(), platform.processor()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features", "model name")):
+                    parts.append(line.strip())
+                if line.startswith(("flags", "Features")):
+                    break
+    except OSError:
+        pass
+    return "|".join(parts)
+
+
+def cache_dir() -> Path:
+    """Where builds are cached: ``$VMAMBA_CACHE`` or ``~/.cache/vmamba`` (``$XDG_CACHE_HOME``)."""
+    root = os.environ.get("VMAMBA_CACHE")
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                            "vmamba")
+    return Path(root) / "cpu_ext"
+
+
+def _build_key() -> str:
+    h = hashlib.sha256()
+    h.update(_SOURCE.read_bytes())
+    for part in (torch.__version__, sys.version, _cpu_signature()):
+        h.update(part.encode())
+    return h.hexdigest()[:16]
+
+
+def _attempts():
+    """Compiler flag sets, fastest first; the first that builds wins."""
+    if sys.platform == "win32":
+        return [(["/O2", "/openmp"], [])]
+    base = ["-O3", "-ffp-contract=fast", "-fno-math-errno"]
+    native = ["-march=native"] if platform.machine().lower() in ("x86_64", "amd64", "i686") else ["-mcpu=native"]
+    return [
+        (base + native + ["-fopenmp"], ["-fopenmp"]),
+        (base + native, []),
+        (base, []),
+    ]
+
+
+def load_extension():
+    """The compiled kernel module (built on the first call, then cached); None if it cannot be built."""
+    global _ext, _ext_failed
+    if _ext is not None or _ext_failed:
+        return _ext
+    with _lock:
+        if _ext is not None or _ext_failed:
+            return _ext
+        if os.environ.get("VMAMBA_CPU_KERNEL", "1").strip().lower() in ("0", "false", "no", "off"):
+            _ext_failed = True
+            _ext_info["error"] = "disabled by VMAMBA_CPU_KERNEL=0"
+            return None
+        errors = []
+        try:
+            from torch.utils import cpp_extension
+            key = _build_key()
+            for i, (cflags, ldflags) in enumerate(_attempts()):
+                build = cache_dir() / f"{key}-{i}"
+                build.mkdir(parents=True, exist_ok=True)
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        cpp_extension.load(
+                            name=f"vmamba_cpu_scan_{key}_{i}", sources=[str(_SOURCE)],
+                            extra_cflags=cflags, extra_ldflags=ldflags, build_directory=str(build),
+                            verbose=False, is_python_module=False,
+                        )
+                    mod = torch.ops.vmamba_cpu_kernel
+                    _ext_info.update(flags=" ".join(cflags), lanes=int(mod.lanes()), chunk=int(mod.chunk()),
+                                     openmp=bool(mod.openmp()), build_dir=str(build))
+                    _ext = mod
+                    return _ext
+                except Exception as e:  # noqa: BLE001 - any build failure means "try the next flags"
+                    text = str(e).strip().splitlines() or [type(e).__name__]
+                    first_error = next((ln for ln in text if "error" in ln.lower()), text[-1])
+                    errors.append(f"{' '.join(cflags)}: {first_error.strip()[:300]}")
+        except Exception as e:  # noqa: BLE001 - no cpp_extension/ninja/compiler at all
+            errors.append(f"{type(e).__name__}: {e}")
+        _ext_failed = True
+        _ext_info["error"] = "; ".join(errors)
+        warnings.warn(
+            "vmamba: the fused CPU selective-scan kernel could not be compiled (is a C++ compiler "
+            "installed?), so the slower portable 'torch' backend is used instead. "
+            f"Details: {_ext_info['error'][:600]}",
+            RuntimeWarning, stacklevel=2,
+        )
+        return None
+
+
+@torch.compiler.assume_constant_result  # torch.compile: evaluated once while tracing, never traced into
+def is_available() -> bool:
+    """Whether the kernel builds and loads here (the first call may compile it, once)."""
+    return load_extension() is not None
+
+
+def extension_info() -> dict:
+    """Build facts: compiler flags, SIMD lanes, chunk length, OpenMP; or the build error."""
+    load_extension()
+    return dict(_ext_info)
+
+
+def _ext_or_raise():
+    mod = load_extension()
+    if mod is None:
+        raise RuntimeError(f"vmamba: the CPU scan kernel is unavailable: {_ext_info.get('error')}")
+    return mod
+
+
+def _lanes() -> int:
+    return _ext_info.get("lanes") or int(_ext_or_raise().lanes())
+
+
+def _chunk() -> int:
+    return _ext_info.get("chunk") or int(_ext_or_raise().chunk())
+
+
+def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.float().contiguous()
+
+
+def _rows(m: Tensor) -> Tensor:
+    """(..., N, L) -> (..., L, N) contiguous fp32: the kernel reads B_t / C_t as rows."""
+    return m.float().transpose(-1, -2).contiguous()
+
+
+def _states_shape(batch, k, groups, dg, length, n):
+    w, t = _lanes(), _chunk()
+    return (batch, k, groups * (-(-dg // w)), -(-length // t), n, w)
+
+
+# ----------------------------------------------------------------------------- plain scan op
+
+@torch.library.custom_op(SCAN_OP, mutates_args=(), device_types="cpu")
+def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+             delta_bias: Optional[Tensor], z: Optional[Tensor], delta_softplus: bool,
+             save_states: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """y (fp32, before the output cast), last state (b, D, N) and the saved chunk states."""
+    y, last, states = _ext_or_raise().forward(
+        u, delta.to(u.dtype), _f32(A), _rows(B), _rows(C), _f32(D), _f32(delta_bias),
+        None if z is None else z.to(u.dtype), delta_softplus, save_states, 1, 0)
+    return y, last, states
+
+
+@_scan_op.register_fake
+def _scan_op_fake(u, delta, A, B, C, D, delta_bias, z, delta_softplus, save_states):
+    b, d, length = u.shape
+    n, g = A.shape[1], B.shape[1]
+    y = u.new_empty((b, d, length), dtype=torch.float32)
+    last = u.new_empty((b, d, n), dtype=torch.float32)
+    states = (u.new_empty(_states_shape(b, 1, g, d // g, length, n), dtype=torch.float32)
+              if save_states else u.new_empty((0,), dtype=torch.float32))
+    return y, last, states
+
+
+@torch.library.custom_op(SCAN_OP + "_backward", mutates_args=(), device_types="cpu")
+def _scan_bwd_op(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                 D: Optional[Tensor], delta_bias: Optional[Tensor], z: Optional[Tensor], states: Tensor,
+                 delta_softplus: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (fp32) of u, delta, A, B, C, D, delta_bias, z (empty for absent optionals)."""
+    du, ddelta, dAp, dBp, dCp, dDp, dbp, dz = _ext_or_raise().backward(
+        dy.float().contiguous(), None if dlast is None else _f32(dlast), u,
+        delta.to(u.dtype), _f32(A), _rows(B), _rows(C), _f32(D), _f32(delta_bias),
+        None if z is None else z.to(u.dtype), states, delta_softplus, 1, 0)
+    dB = dBp.sum(2).transpose(-1, -2).contiguous()
+    dC = dCp.sum(2).transpose(-1, -2).contiguous()
+    return du, ddelta, dAp.sum(0), dB, dC, dDp.sum(0), dbp.sum(0), dz
+
+
+@_scan_bwd_op.register_fake
+def _scan_bwd_fake(dy, dlast, u, delta, A, B, C, D, delta_bias, z, states, delta_softplus):
+    f = torch.float32
+    b, d, length = u.shape
+    return (u.new_empty(u.shape, dtype=f), u.new_empty(u.shape, dtype=f), A.new_empty(A.shape, dtype=f),
+            B.new_empty(B.shape, dtype=f), C.new_empty(C.shape, dtype=f), u.new_empty((d,), dtype=f),
+            u.new_empty((d,), dtype=f), u.new_empty(u.shape if z is not None else (0,), dtype=f))
+
+
+def _scan_setup(ctx, inputs, output):
+    u, delta, A, B, C, D, delta_bias, z, delta_softplus, _ = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, z, output[2])
+    ctx.delta_softplus = delta_softplus
+
+
+def _cast(g: Tensor, like: Optional[Tensor], needed: bool) -> Optional[Tensor]:
+    if like is None or not needed:
+        return None
+    return g.to(like.dtype)
+
+
+def _scan_backward(ctx, gy, glast, gstates):
+    u, delta, A, B, C, D, delta_bias, z, states = ctx.saved_tensors
+    if states.numel() == 0 and u.shape[-1] > 0:
+        raise RuntimeError("vmamba cpu scan: backward called but the forward did not save its states "
+                           "(it ran with gradients disabled)")
+    if gy is None:
+        gy = torch.zeros(u.shape, dtype=torch.float32)
+    du, ddelta, dA, dB, dC, dD, db, dz = _scan_bwd_op(
+        gy, glast, u, delta, A, B, C, D, delta_bias, z, states, ctx.delta_softplus)
+    need = ctx.needs_input_grad
+    return (_cast(du, u, need[0]), _cast(ddelta, delta, need[1]), _cast(dA, A, need[2]), _cast(dB, B, need[3]),
+            _cast(dC, C, need[4]), _cast(dD, D, need[5]), _cast(db, delta_bias, need[6]), _cast(dz, z, need[7]),
+            None, None)
+
+
+_scan_op.register_autograd(_scan_backward, setup_context=_scan_setup)
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def selective_scan_cpu(
+    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, z=None,
+    return_last_state=False, out_float=False,
+):
+    """The ``"cpu"`` backend: same signature, shapes and semantics as ``selective_scan``.
+
+    B and C arrive 4-D (batch, G, N, L) from the public op. A d_state above ``MAX_STATE`` (or an
+    empty input) falls through to the ``"torch"`` backend.
+    """
+    if A.shape[1] > MAX_STATE or u.numel() == 0:
+        return selective_scan_torch(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                                    z=z, return_last_state=return_last_state, out_float=out_float)
+    save = _needs_grad(u, delta, A, B, C, D, delta_bias, z)
+    y, last, _ = _scan_op(u, delta, A, B, C, D, delta_bias, z, bool(delta_softplus), save)
+    if not out_float:
+        y = y.to(u.dtype)
+    return (y, last) if return_last_state else y
+
+
+# ----------------------------------------------------------------------------- fused cross scan op
+
+def _from_scan_order(t: Tensor, mode: str, h: int, w: int) -> Tensor:
+    """Adjoint of :func:`scan_order` slot by slot: (b, 4, X, L) scan order -> (b, 4, X, H, W)."""
+    b, k, x, _ = t.shape
+    if mode == "unidi":
+        return t.reshape(b, k, x, h, w)
+    if mode == "bidi":
+        return torch.cat([t[:, :2], t[:, 2:].flip(-1)], dim=1).reshape(b, k, x, h, w)
+    row = torch.stack([t[:, 0], t[:, 2].flip(-1)], dim=1).reshape(b, 2, x, h, w)
+    col = torch.stack([t[:, 1], t[:, 3].flip(-1)], dim=1).reshape(b, 2, x, w, h).transpose(-1, -2)
+    return torch.stack([row[:, 0], col[:, 0], row[:, 1], col[:, 1]], dim=1).contiguous()
+
+
+def _map(t: Tensor) -> Tensor:
+    """t itself when its (H, W) dims flatten to one stride (the kernel reads any other strides,
+    e.g. channel-last maps, directly), else a contiguous copy."""
+    h, w = t.shape[-2:]
+    return t if h == 1 or t.stride(-2) == w * t.stride(-1) else t.contiguous()
+
+
+def _scan_rows(m: Tensor, mode: str) -> Tensor:
+    """(b, 4, N, H, W) pixel layout -> (b, 4, L, N) fp32 rows in scan order."""
+    return scan_order(m.float(), mode).transpose(-1, -2).contiguous()
+
+
+@torch.library.custom_op(CROSS_SCAN_OP, mutates_args=(), device_types="cpu")
+def _cross_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+              delta_bias: Optional[Tensor], delta_softplus: bool, mode: str,
+              save_states: bool) -> tuple[Tensor, Tensor]:
+    """Merged y (b, d, H, W) fp32 and the saved chunk states."""
+    y, _, states = _ext_or_raise().forward(
+        _map(x), _map(delta.to(x.dtype)), _f32(A), _scan_rows(B, mode), _scan_rows(C, mode),
+        _f32(D), _f32(delta_bias), None, delta_softplus, save_states, 4, _MODE_IDS[mode])
+    return y, states
+
+
+@_cross_op.register_fake
+def _cross_op_fake(x, delta, A, B, C, D, delta_bias, delta_softplus, mode, save_states):
+    b, d, h, w = x.shape
+    n = A.shape[1]
+    y = x.new_empty((b, d, h, w), dtype=torch.float32)
+    states = (x.new_empty(_states_shape(b, 4, 1, d, h * w, n), dtype=torch.float32)
+              if save_states else x.new_empty((0,), dtype=torch.float32))
+    return y, states
+
+
+@torch.library.custom_op(CROSS_SCAN_OP + "_backward", mutates_args=(), device_types="cpu")
+def _cross_bwd_op(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                  delta_bias: Optional[Tensor], states: Tensor, delta_softplus: bool,
+                  mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (fp32) of x, delta, A, B, C, D, delta_bias."""
+    h, w = x.shape[-2:]
+    dx, ddelta, dAp, dBp, dCp, dDp, dbp, _ = _ext_or_raise().backward(
+        dy.float().contiguous(), None, _map(x), _map(delta.to(x.dtype)), _f32(A),
+        _scan_rows(B, mode), _scan_rows(C, mode), _f32(D), _f32(delta_bias), None, states,
+        delta_softplus, 4, _MODE_IDS[mode])
+    dB = _from_scan_order(dBp.sum(2).transpose(-1, -2), mode, h, w)
+    dC = _from_scan_order(dCp.sum(2).transpose(-1, -2), mode, h, w)
+    return dx, ddelta, dAp.sum(0), dB, dC, dDp.sum(0), dbp.sum(0)
+
+
+@_cross_bwd_op.register_fake
+def _cross_bwd_fake(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus, mode):
+    f = torch.float32
+    kd = A.shape[0]
+    return (x.new_empty(x.shape, dtype=f), delta.new_empty(delta.shape, dtype=f), A.new_empty(A.shape, dtype=f),
+            B.new_empty(B.shape, dtype=f), C.new_empty(C.shape, dtype=f), x.new_empty((kd,), dtype=f),
+            x.new_empty((kd,), dtype=f))
+
+
+def _cross_setup(ctx, inputs, output):
+    x, delta, A, B, C, D, delta_bias, delta_softplus, mode, _ = inputs
+    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, output[1])
+    ctx.delta_softplus, ctx.mode = delta_softplus, mode
+
+
+def _cross_backward(ctx, gy, gstates):
+    x, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors
+    if states.numel() == 0:
+        raise RuntimeError("vmamba cpu cross scan: backward called but the forward did not save its states")
+    dx, ddelta, dA, dB, dC, dD, db = _cross_bwd_op(gy, x, delta, A, B, C, D, delta_bias, states,
+                                                   ctx.delta_softplus, ctx.mode)
+    need = ctx.needs_input_grad
+    return (_cast(dx, x, need[0]), _cast(ddelta, delta, need[1]), _cast(dA, A, need[2]), _cast(dB, B, need[3]),
+            _cast(dC, C, need[4]), _cast(dD, D, need[5]), _cast(db, delta_bias, need[6]), None, None, None)
+
+
+_cross_op.register_autograd(_cross_backward, setup_context=_cross_setup)
+
+
+def cross_selective_scan_cpu(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
+                             mode="cross2d", out_float=False):
+    """Fused ``cross_selective_scan`` (the backend's ``cross_fn``): inputs in pixel layout, the
+    kernel walks the four scan orders of ``mode`` itself and accumulates the merged output."""
+    _check_mode(mode)
+    if A.shape[1] > MAX_STATE or x.numel() == 0:
+        from .cross_scan import cross_merge, cross_scan  # the generic composition
+        b, d, h, w = x.shape
+        ys = selective_scan_torch(cross_scan(x, mode).reshape(b, 4 * d, h * w),
+                                  scan_order(delta, mode).reshape(b, 4 * d, h * w), A,
+                                  scan_order(B, mode), scan_order(C, mode), D=D, delta_bias=delta_bias,
+                                  delta_softplus=delta_softplus, out_float=out_float)
+        return cross_merge(ys.reshape(b, 4, d, h, w), mode).reshape(b, d, h, w)
+    save = _needs_grad(x, delta, A, B, C, D, delta_bias)
+    y, _ = _cross_op(x, delta, A, B, C, D, delta_bias, bool(delta_softplus), mode, save)
+    return y if out_float else y.to(x.dtype)
+
+
+# FLOP formulas, so torch.utils.flop_counter sees the kernels. FlopCounterMode counts 2 per
+# multiply-add; the scan's count (the authors' 9*B*D*L*N + B*D*L) is doubled to that unit.
+@register_flop_formula(torch.ops.vmamba.selective_scan_cpu)
+def _scan_op_flops(u_shape, delta_shape, A_shape, *args, **kwargs) -> int:
+    return 2 * scan_flops(u_shape[0], u_shape[1], u_shape[2], A_shape[1])
+
+
+@register_flop_formula(torch.ops.vmamba.cross_selective_scan_cpu)
+def _cross_op_flops(x_shape, delta_shape, A_shape, *args, **kwargs) -> int:
+    return 2 * scan_flops(x_shape[0], A_shape[0], x_shape[2] * x_shape[3], A_shape[1])
+
+
+register_backend(
+    "cpu", selective_scan_cpu, devices=("cpu",), dtypes=(torch.float32, torch.bfloat16, torch.float16),
+    priority=10, is_available=is_available, cross_fn=cross_selective_scan_cpu,
+    description="fused C++ kernel (SIMD over channels, OpenMP over batch x channels), compiled on first use",
+)
