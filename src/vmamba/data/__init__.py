@@ -1,0 +1,1 @@
+"""Data shipped with vmamba: the built-in Fashion-MNIST subset (see README.md here)."""
