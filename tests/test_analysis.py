@@ -103,3 +103,26 @@ def test_erf_errors(tmp_path):
     with pytest.raises(SystemExit):
         main(["erf", "vmamba_tiny_s1l8", "--images", "/nonexistent/folder"])
     assert plot_erfs({"a": erf_map(SmallCNN(), load_images(None, 32, 1))}, tmp_path / "e.png") is not None
+
+
+def test_resolution_scaling_of_a_trained_model(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    from test_train import make_image_folder, tiny_config
+    from vmamba.train import train
+
+    data = make_image_folder(tmp_path / "imgs")
+    train(tiny_config(data, tmp_path / "run", epochs=1))
+    checkpoint = tmp_path / "run" / "best.pt"
+    assert main(["scaling", str(checkpoint), "--data", str(data), "--sizes", "16", "24", "32",
+                 "--out", str(tmp_path / "scaling")]) == 0
+    out = capsys.readouterr().out
+    assert "top-1 %" in out
+    result = json.loads((tmp_path / "scaling" / "scaling.json").read_text())
+    sizes = [r["size"] for r in result["rows"]]
+    assert sizes == [16, 24, 32]
+    assert all(0 <= r["top1"] <= 100 for r in result["rows"])
+    gflops = [r["gflops"] for r in result["rows"]]
+    assert gflops[0] < gflops[1] < gflops[2]
+    assert (tmp_path / "scaling" / "scaling.png").read_bytes().startswith(PNG_MAGIC)
+    with pytest.raises(SystemExit):
+        main(["scaling", str(tmp_path / "missing.pt")])
