@@ -261,6 +261,9 @@ def atomic_save(write, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file owner-only; keep the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
