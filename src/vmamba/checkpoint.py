@@ -300,14 +300,19 @@ def model_from_config(config: Mapping, **overrides) -> nn.Module:
     return VSSM(**config)
 
 
+def stored_config(contents: Mapping, metadata: Mapping[str, str]) -> dict | None:
+    """The model config a file of this project carries (safetensors metadata or 'config'), or None."""
+    if "vmamba_config" in metadata:
+        return json.loads(metadata["vmamba_config"])
+    config = contents.get("config")
+    return dict(config) if isinstance(config, Mapping) and "depths" in config else None
+
+
 def load_model(path: str | os.PathLike, use_ema: bool = False, **overrides) -> nn.Module:
     """Rebuild and load a model saved by this project (safetensors or torch checkpoint)."""
     contents, metadata = read_checkpoint(path)
-    if "vmamba_config" in metadata:
-        config = json.loads(metadata["vmamba_config"])
-    elif isinstance(contents.get("config"), Mapping) and "depths" in contents["config"]:
-        config = contents["config"]
-    else:
+    config = stored_config(contents, metadata)
+    if config is None:
         raise CheckpointError(f"{path}: no model config stored; build the model yourself and "
                               f"call load_checkpoint(model, path)")
     model = model_from_config(config, **overrides)

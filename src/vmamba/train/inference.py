@@ -10,7 +10,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from .. import create_model
-from ..checkpoint import load_checkpoint, model_from_config, read_checkpoint
+from ..checkpoint import load_checkpoint, model_from_config, read_checkpoint, stored_config
 from .datasets import DataError, build_dataset
 from .engine import collate_skipping, evaluate
 from .transforms import EvalTransform, normalize
@@ -24,12 +24,7 @@ def load_for_inference(path: str | os.PathLike, model: str | None = None, num_cl
     ``use_ema=None`` takes the EMA weights of a training checkpoint when it has them.
     """
     contents, metadata = read_checkpoint(path)
-    if "vmamba_config" in metadata:
-        config = json.loads(metadata["vmamba_config"])
-    elif isinstance(contents.get("config"), dict) and "depths" in contents["config"]:
-        config = contents["config"]
-    else:
-        config = None
+    config = stored_config(contents, metadata)
     if model is not None or config is None:
         if model is None:
             raise DataError(f"{path} stores no model config: name the architecture with --model (see `vmamba models`)")
