@@ -15,7 +15,7 @@ import sys
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shim", help="folder holding torchvision_cpu_shim.py (CPU-only torch + timm)")
-    parser.add_argument("--sizes", nargs="+", default=["128", "192", "256", "384", "512"])
+    parser.add_argument("--sizes", nargs="+", default=["224", "384", "512", "768", "1024"])
     parser.add_argument("--models", nargs="+", default=["vanilla_vmamba_tiny", "vmamba_tiny_s1l8"])
     parser.add_argument("--peers", nargs="*", default=["deit_small", "swin_tiny", "convnext_tiny", "resnet50"])
     parser.add_argument("--reps", default="3")
