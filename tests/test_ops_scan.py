@@ -177,3 +177,20 @@ def test_bad_inputs_raise_clear_errors(change, message):
     change(t)
     with pytest.raises((ValueError, TypeError), match=message):
         selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["delta_bias"], True, t["z"])
+
+
+def test_auto_backend_compiles_fullgraph():
+    t = make_scan_inputs(1, 4, 10, 2, 1, dtype=torch.float32)
+    args = [t[k] for k in ("u", "delta", "A", "B", "C", "D")]
+    f = lambda *a: selective_scan(*a, delta_softplus=True)  # noqa: E731
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(*args), f(*args))
+
+
+def test_import_stays_light():
+    import subprocess
+    import sys
+
+    code = "import sys, vmamba; heavy = [m for m in ('torch._dynamo', 'matplotlib', 'vmamba.train') if m in sys.modules]; print(heavy)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

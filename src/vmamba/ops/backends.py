@@ -110,10 +110,15 @@ def get_backend(name: str) -> ScanBackend:
     return _BACKENDS[name]
 
 
-@torch.compiler.assume_constant_result
 def _resolved_name(name: str, device_type: str, dtype: torch.dtype) -> str:
     """The name of the backend for a call; a constant for torch.compile (decided at trace time)."""
     return _resolve(name, device_type, dtype).name
+
+
+# What torch.compiler.assume_constant_result sets; set directly because that function imports
+# torch._dynamo, which would double the time of `import vmamba` (tests/test_ops_scan.py checks
+# that compiling through "auto" still works).
+_resolved_name._dynamo_marked_constant = True
 
 
 def resolve_backend(name: str, device_type: str, dtype: torch.dtype) -> ScanBackend:

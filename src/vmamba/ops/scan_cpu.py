@@ -155,7 +155,6 @@ def load_extension():
         return None
 
 
-@torch.compiler.assume_constant_result  # torch.compile: evaluated once while tracing, never traced into
 def is_available() -> bool:
     """Whether the kernel builds and loads here (the first call may compile it, once)."""
     return load_extension() is not None
