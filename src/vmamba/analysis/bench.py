@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
+import gc
 import json
 import math
 import threading
@@ -75,6 +77,15 @@ def build_model(name: str, size: tuple[int, int], scan_backend: str = "auto") ->
     return timm.create_model(timm_name, pretrained=False, **kwargs)
 
 
+def _release_free_memory() -> None:
+    """Give memory freed by earlier runs back to the OS (glibc), so growth is measured afresh."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class _PeakRSS:
     """Peak resident memory above the starting level, sampled every few ms (Linux /proc)."""
 
@@ -87,6 +98,7 @@ class _PeakRSS:
             return int(f.read().split()[1]) * 4096
 
     def __enter__(self):
+        _release_free_memory()
         self.base = self.peak = self._rss()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
