@@ -110,6 +110,16 @@ def test_half_precision_inputs(backend, dtype):
     torch.testing.assert_close(y.double(), ref, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("backend", ["reference"] + FAST_BACKENDS)
+@pytest.mark.parametrize("batch, length", [(0, 5), (2, 0)])
+def test_empty_inputs(backend, batch, length):
+    u = torch.randn(batch, 4, length)
+    y, last = selective_scan(u, u, -torch.rand(4, 3), torch.randn(batch, 2, 3, length),
+                             torch.randn(batch, 2, 3, length), return_last_state=True, backend=backend)
+    assert y.shape == (batch, 4, length) and last.shape == (batch, 4, 3)
+    assert not last.any()
+
+
 def test_grouped_B_3d_means_one_group():
     t = make_scan_inputs(2, 6, 10, 3, 1)
     y3 = selective_scan(t["u"], t["delta"], t["A"], t["B"][:, 0], t["C"][:, 0])

@@ -36,7 +36,7 @@ def default_chunk_size(length: int) -> int:
 
 
 def _by_position(t: torch.Tensor, groups: int, nc: int, T: int) -> torch.Tensor:
-    """(b, G*X, nc*T) -> (T, b, G, nc, X), contiguous so that t[j] is a cheap dense slice."""
+    """(b, G*X, nc*T) or (b, G, X, nc*T) -> (T, b, G, nc, X), contiguous so t[j] is a dense slice."""
     b = t.shape[0]
     return t.reshape(b, groups, -1, nc, T).permute(4, 0, 1, 3, 2).contiguous()
 
@@ -112,7 +112,7 @@ def selective_scan_torch(
     dt = step_sizes(delta, delta_bias, delta_softplus, dtype)
     args = (u.to(dtype), dt, A.to(dtype), B.to(dtype), C.to(dtype))
     chunk = chunk_size or default_chunk_size(u.shape[-1])
-    if u.shape[-1] == 0:
+    if u.numel() == 0:  # empty batch or sequence: nothing to scan
         y, last = args[0].clone(), u.new_zeros(u.shape[0], u.shape[1], A.shape[1], dtype=dtype)
     elif torch.is_grad_enabled() and any(t.requires_grad for t in args):
         y, last = _recomputed_in_slices(*args, chunk)
