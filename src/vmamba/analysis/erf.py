@@ -16,10 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models import VSSM, VSSMFeatures
+from ..models.vmamba import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def last_feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

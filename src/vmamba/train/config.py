@@ -9,9 +9,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..models.vmamba import IMAGENET_MEAN, IMAGENET_STD
 from .datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass
