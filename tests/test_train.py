@@ -250,3 +250,15 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted(folder, tmp_path):
     rows = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     keys = ("epoch", "step", "train_loss", "val_loss", "val_acc1")
     assert [[r[k] for k in keys] for r in rows(out)] == [[r[k] for k in keys] for r in rows(tmp_path / "ref")]
+
+
+def test_resume_restores_the_log_row_of_an_epoch_killed_between_checkpoint_and_log(tmp_path):
+    from vmamba.train.reporting import MetricsLog
+
+    log = MetricsLog(tmp_path, tensorboard=False)
+    log.append(dict(epoch=1, val_acc1=50.0))
+    log.append(dict(epoch=3, val_acc1=0.0))  # an epoch in flight at the kill, after a gap
+    log.truncate(2, dict(epoch=2, val_acc1=60.0))  # checkpoint of epoch 2 exists, its row does not
+    assert [r["epoch"] for r in log.read()] == [1, 2]
+    assert log.read()[1]["val_acc1"] == 60.0
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[1:] == ["1,50.0", "2,60.0"]

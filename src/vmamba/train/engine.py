@@ -288,7 +288,7 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict:
         start_epoch, step, best = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_acc1"]
         set_rng_state(ckpt["rng"][dist.rank()] if dist.rank() < len(ckpt["rng"]) else ckpt["rng"][0])
         if main:
-            log.truncate(ckpt["epoch"] + 1)
+            log.truncate(ckpt["epoch"] + 1, ckpt.get("metrics") or None)
         say(f"resumed from {resume}: epoch {start_epoch} done, step {step}")
     elif main:
         log.truncate(0)

@@ -24,9 +24,13 @@ class MetricsLog:
             except Exception:  # tensorboard not installed
                 self.tb = None
 
-    def truncate(self, last_epoch: int) -> None:
-        """Drop records after ``last_epoch`` (an epoch that was in flight when the run was killed)."""
+    def truncate(self, last_epoch: int, last_record: dict | None = None) -> None:
+        """Keep the records up to ``last_epoch``, dropping an epoch that was in flight when the run
+        was killed. ``last_record`` (the metrics saved in the checkpoint of ``last_epoch``) replaces
+        that epoch's row, so a kill between the checkpoint write and the log append loses nothing."""
         rows = [r for r in self.read() if r["epoch"] <= last_epoch]
+        if last_record is not None:
+            rows = [r for r in rows if r["epoch"] < last_record["epoch"]] + [last_record]
         self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
         self.csv.unlink(missing_ok=True)
         for r in rows:
