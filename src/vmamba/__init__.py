@@ -3,6 +3,7 @@ import sys as _sys
 
 from . import ops
 from .checkpoint import CheckpointError, load_checkpoint, load_model, save_weights
+from .pretrained import from_pretrained, save_pretrained
 from .models import VSSM, VSSMFeatures, create_model, from_official_config, list_models, register_model
 
 from .timm_compat import register_timm_models
@@ -16,4 +17,4 @@ if "timm" in _sys.modules:  # timm already imported: make the zoo reachable thro
         import warnings as _warnings
 
         _warnings.warn(f"vmamba: could not register models with timm ({_e})")
-__all__ = ["ops", "load_checkpoint", "load_model", "save_weights", "CheckpointError", "create_model", "from_official_config", "list_models", "register_model", "register_timm_models", "VSSM", "VSSMFeatures", "__version__"]
+__all__ = ["ops", "load_checkpoint", "load_model", "save_weights", "CheckpointError", "create_model", "from_official_config", "list_models", "register_model", "register_timm_models", "save_pretrained", "from_pretrained", "VSSM", "VSSMFeatures", "__version__"]

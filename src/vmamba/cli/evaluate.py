@@ -10,7 +10,7 @@ from . import UsageError
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="accuracy of a checkpoint on a dataset (top-1, top-5, per class)",
                        description=__doc__)
-    p.add_argument("checkpoint", help="a training checkpoint (.pt), exported .safetensors, or the authors' .pth")
+    p.add_argument("checkpoint", help="a training checkpoint (.pt), exported .safetensors, a save_pretrained folder, or the authors' .pth")
     p.add_argument("--data", default="fashion-mnist",
                    help="'fashion-mnist' (built-in) or an ImageFolder root with val/<class>/* (default: %(default)s)")
     p.add_argument("--split", default="val", help="sub-folder to evaluate: val, train, ... (default: %(default)s)")

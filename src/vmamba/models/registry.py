@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 from typing import Callable
 
 import torch.nn as nn
@@ -35,7 +36,8 @@ def create_model(
     """Build the registered model ``name``.
 
     Args:
-        name: one of ``list_models()``.
+        name: one of ``list_models()``, or a folder written by ``vmamba.save_pretrained`` (also
+            as ``"local-dir:FOLDER"``, timm's spelling) or a file written by ``save_weights``.
         pretrained: not supported (nothing is ever downloaded); pass ``checkpoint_path``.
         checkpoint_path: weights to load strictly after building (the authors' checkpoints,
             this project's, or safetensors); see :func:`vmamba.load_checkpoint`.
@@ -43,6 +45,13 @@ def create_model(
             ``drop_path_rate``, ``scan_backend``, or ``features_only=True, out_indices=(...)``
             for the multi-scale backbone.
     """
+    if name not in _MODELS and (name.startswith("local-dir:") or os.path.exists(name)):
+        from ..pretrained import from_pretrained  # a folder from save_pretrained, or a saved file
+
+        if pretrained or checkpoint_path is not None:
+            raise ValueError(f"create_model({name!r}): a saved model brings its own weights; "
+                             f"pretrained/checkpoint_path do not apply")
+        return from_pretrained(name, **kwargs)
     if name not in _MODELS:
         close = [n for n in _MODELS if name.split("_")[0] in n]
         raise ValueError(f"unknown model {name!r}; registered models: {close or sorted(_MODELS)}")

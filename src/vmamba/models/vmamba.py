@@ -417,7 +417,7 @@ def build_vssm(name: str, features_only: bool = False, **overrides) -> VSSM:
     if not features_only and "out_indices" in cfg:
         raise ValueError("out_indices is only meaningful with features_only=True")
     model = VSSMFeatures(**cfg) if features_only else VSSM(**cfg)
-    model.pretrained_cfg = model.default_cfg = _pretrained_cfg(architecture=name)
+    model.pretrained_cfg = model.default_cfg = _pretrained_cfg(architecture=name, num_classes=model.num_classes)
     model.model_name = name
     model.config["architecture"] = name
     return model

@@ -28,6 +28,8 @@ from .scan_common import compute_dtype, finish_output, step_sizes
 
 # Elements of (batch slice, D, L, N) whose autograd graph the backward may hold at once.
 _RECOMPUTE_BUDGET = 1 << 24
+# Steps per chunk when the length is symbolic (export with dynamic height/width).
+EXPORT_CHUNK_SIZE = 32
 
 
 def default_chunk_size(length: int) -> int:
@@ -85,9 +87,72 @@ def chunked_scan(u, dt, A, B, C, chunk_size: int):
     return y, last.reshape(b, channels, n)
 
 
+def export_chunk_size(length) -> int:
+    """Steps per chunk when exporting: the eager choice for a static length, else one fitted to
+    the example being traced (at most :data:`EXPORT_CHUNK_SIZE`)."""
+    if not isinstance(length, int):
+        length = getattr(getattr(length, "node", None), "hint", None)
+        if not isinstance(length, int):
+            return EXPORT_CHUNK_SIZE
+    return min(EXPORT_CHUNK_SIZE, default_chunk_size(length))
+
+
+def chunked_scan_symbolic(u, dt, A, B, C, chunk_size: int):
+    """:func:`chunked_scan` as traced for export (same arguments and results).
+
+    One graph for every length: the carry over chunks is a ``scan`` higher-order op (an ONNX
+    ``Scan``) instead of a Python loop over a length-dependent count, and the sequence is always
+    padded to whole chunks. The layout suits graph runtimes: the state is (b, G, dg, nc, N) and
+    the per-step inputs come from moving the step axis to the front (a plain 2-D transpose).
+    """
+    from torch._higher_order_ops.scan import scan
+
+    b, channels, length = u.shape
+    groups, n = B.shape[1], B.shape[2]
+    dg = channels // groups
+    T = chunk_size
+    # At least one padded step and two chunks, whatever the length: a zero pad would be traced as
+    # a no-op, and a count of one chunk as a constant, and either would make the graph reject
+    # other lengths.
+    nc = length // T + 2
+    dt, u, B, C = (F.pad(t, (0, nc * T - length)) for t in (dt, u, B, C))
+
+    def by_step(t):  # (b, G*X, nc*T) or (b, G, X, nc*T) -> (T, b, G, X, nc)
+        return t.reshape(b, groups, -1, nc, T).permute(4, 0, 1, 2, 3)
+
+    dt_j = by_step(dt).unsqueeze(-1)                                # (T, b, G, dg, nc, 1)
+    dtu_j = by_step(dt * u).unsqueeze(-1)                           # (T, b, G, dg, nc, 1)
+    B_j = by_step(B).transpose(-1, -2).unsqueeze(3)                 # (T, b, G, 1, nc, N)
+    C_j = by_step(C).transpose(-1, -2).unsqueeze(3)                 # (T, b, G, 1, nc, N)
+    A_ = A.reshape(1, groups, dg, 1, n)
+
+    def step(h, j):
+        return torch.exp(dt_j[j] * A_) * h + dtu_j[j] * B_j[j]
+
+    h = u.new_zeros(b, groups, dg, nc, n)
+    for j in range(T):
+        h = step(h, j)
+    chunk_decay = torch.exp(dt.reshape(b, groups, dg, nc, T).sum(-1, keepdim=True) * A_)
+
+    def carry(state, xs):
+        local_end, decay = xs
+        return decay * state + local_end, state.clone()
+
+    last, entering = scan(carry, u.new_zeros(b, groups, dg, n), (h.movedim(3, 0), chunk_decay.movedim(3, 0)))
+    h = entering.movedim(0, 3)
+    ys = []
+    for j in range(T):
+        h = step(h, j)
+        ys.append((h * C_j[j]).sum(-1))                              # (b, G, dg, nc)
+    y = torch.stack(ys, dim=0).permute(1, 2, 3, 4, 0).reshape(b, channels, nc * T)[..., :length]
+    return y, last.reshape(b, channels, n)
+
+
 def _recomputed_in_slices(u, dt, A, B, C, chunk_size):
     """chunked_scan under activation checkpointing, in batch slices that fit the budget."""
     b, channels, length = u.shape
+    if torch.compiler.is_compiling():  # one slice: a batch-size loop would specialise the batch size
+        return checkpoint(chunked_scan, u, dt, A, B, C, chunk_size, use_reentrant=False)
     per_sample = channels * length * B.shape[2]
     step = max(1, _RECOMPUTE_BUDGET // max(1, per_sample))
     outs = [
@@ -111,7 +176,11 @@ def selective_scan_torch(
     dtype = compute_dtype(u)
     dt = step_sizes(delta, delta_bias, delta_softplus, dtype)
     args = (u.to(dtype), dt, A.to(dtype), B.to(dtype), C.to(dtype))
-    chunk = chunk_size or default_chunk_size(u.shape[-1])
+    length = u.shape[-1]
+    if torch.compiler.is_exporting() and u.numel() != 0:  # a smaller graph, and one for every length
+        y, last = chunked_scan_symbolic(*args, chunk_size or export_chunk_size(length))
+        return finish_output(y, u, D, z, last, return_last_state, out_float)
+    chunk = chunk_size or default_chunk_size(length)
     if u.numel() == 0:  # empty batch or sequence: nothing to scan
         y, last = args[0].clone(), u.new_zeros(u.shape[0], u.shape[1], A.shape[1], dtype=dtype)
     elif torch.is_grad_enabled() and any(t.requires_grad for t in args):

@@ -1,5 +1,5 @@
 """Evaluate and predict with a saved model: this project's checkpoints (training ``.pt`` or
-``.safetensors``) or the authors' (give the model name; ImageNet preprocessing is assumed)."""
+``.safetensors``), ``save_pretrained`` folders, or the authors' (give the model name; ImageNet preprocessing is assumed)."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from .. import create_model
 from ..checkpoint import load_checkpoint, model_from_config, read_checkpoint, stored_config
+from ..pretrained import from_pretrained
 from .datasets import DataError, build_dataset
 from .engine import collate_skipping, evaluate
 from .transforms import EvalTransform, normalize
@@ -23,6 +24,9 @@ def load_for_inference(path: str | os.PathLike, model: str | None = None, num_cl
     ``model`` names the architecture when the file stores no config (the authors' checkpoints);
     ``use_ema=None`` takes the EMA weights of a training checkpoint when it has them.
     """
+    if os.path.isdir(path):  # a folder from vmamba.save_pretrained: preprocessing from its pretrained_cfg
+        net = from_pretrained(path, **({"num_classes": num_classes} if num_classes else {}))
+        return net.eval(), net.pretrained_cfg.get("label_names"), _data_config(net)
     contents, metadata = read_checkpoint(path)
     config = stored_config(contents, metadata)
     if model is not None or config is None:
@@ -40,10 +44,15 @@ def load_for_inference(path: str | os.PathLike, model: str | None = None, num_cl
         classes = contents.get("class_names")
         data_cfg = contents.get("data_config")
     if data_cfg is None:  # the authors' ImageNet checkpoints
-        pc = net.pretrained_cfg
-        data_cfg = dict(img_size=pc["input_size"][-1], in_chans=net.in_chans, mean=list(pc["mean"]),
-                        std=list(pc["std"]), crop_pct=pc["crop_pct"], interpolation=pc["interpolation"])
+        data_cfg = _data_config(net)
     return net.eval(), classes, dict(data_cfg)
+
+
+def _data_config(net: nn.Module) -> dict:
+    """The preprocessing a model's ``pretrained_cfg`` describes, as a training data config."""
+    pc = net.pretrained_cfg
+    return dict(img_size=pc["input_size"][-1], in_chans=net.in_chans, mean=list(pc["mean"]),
+                std=list(pc["std"]), crop_pct=pc["crop_pct"], interpolation=pc["interpolation"])
 
 
 def evaluate_checkpoint(path: str | os.PathLike, data: str = "fashion-mnist", split: str = "val",
