@@ -6,6 +6,7 @@ from .scan_reference import selective_scan_reference
 from .scan_torch import selective_scan_torch
 from .selective_scan import check_scan_inputs, selective_scan
 from . import scan_cpu  # noqa: F401  (registers the "cpu" backend; compiles lazily on first use)
+from . import scan_triton  # noqa: F401  (registers "triton" where Triton and a GPU are present)
 
 __all__ = [
     "selective_scan", "selective_scan_reference", "selective_scan_torch", "check_scan_inputs",
