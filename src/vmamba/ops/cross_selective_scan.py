@@ -81,9 +81,51 @@ def cross_selective_scan(
                           A, B.flatten(3), C.flatten(3), D, delta_bias)
         return impl.cross_fn(x, delta, A, B, C, D=D, delta_bias=delta_bias,
                              delta_softplus=delta_softplus, mode=mode, out_float=out_float)
+    if mode == "cross2d" and torch.compiler.is_exporting() and _size_hint(h * w) <= _GATHER_MAX_LENGTH:
+        return _cross2d_by_gathers(x, delta, A, B, C, D, delta_bias, delta_softplus, out_float, impl.fn)
     xs = cross_scan(x, mode).reshape(b, K * d, h * w)
     ds = scan_order(delta, mode).reshape(b, K * d, h * w)
     Bs, Cs = check_scan_inputs(xs, ds, A, scan_order(B, mode), scan_order(C, mode), D, delta_bias)
     ys = impl.fn(xs, ds, A, Bs, Cs, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus,
                  z=None, return_last_state=False, out_float=out_float)
     return cross_merge(ys.reshape(b, K, d, h, w), mode).reshape(b, d, h, w)
+
+
+# Maps up to this many pixels are reordered by gathers when exported (onnxruntime transposes
+# small maps slowly); larger ones by transposes, which it does faster than gathers there.
+_GATHER_MAX_LENGTH = 1024
+
+
+def _size_hint(n) -> int:
+    """An int for a size that may be symbolic (the example's value while exporting)."""
+    if isinstance(n, int):
+        return n
+    hint = getattr(getattr(n, "node", None), "hint", None)
+    return hint if isinstance(hint, int) else 0
+
+
+def _cross2d_by_gathers(x, delta, A, B, C, D, delta_bias, delta_softplus, out_float, scan_fn):
+    """The cross2d path as traced for export: the scan orders and the merge as index gathers
+    along the flattened map instead of transposes and flips (onnxruntime transposes small maps
+    an order of magnitude slower than it gathers them). Same result as the generic path."""
+    b, d, h, w = x.shape
+    length = h * w
+    pixel = torch.arange(length, device=x.device)
+    col = pixel.reshape(h, w).t().flatten()        # scan position -> pixel, column-major order
+    col_pos = pixel.reshape(w, h).t().flatten()    # pixel -> position in column-major order
+    last = length - 1
+    read = (None, col, last - pixel, col.flip(0))  # direction k reads pixel read[k][l] at step l
+    back = (None, col_pos, last - pixel, last - col_pos)  # and step back[k][p] lands on pixel p
+
+    def in_order(t):  # (b, 4, X, H, W) -> (b, 4*X, L)
+        flat = t.flatten(3)
+        return torch.stack([flat[:, k] if k == 0 else flat[:, k].index_select(-1, read[k]) for k in range(K)],
+                           dim=1).flatten(1, 2)
+
+    flat_x = x.flatten(2)
+    xs = torch.stack([flat_x if k == 0 else flat_x.index_select(-1, read[k]) for k in range(K)], dim=1)
+    ys = scan_fn(xs.flatten(1, 2), in_order(delta), A, in_order(B).unflatten(1, (K, -1)),
+                 in_order(C).unflatten(1, (K, -1)), D=D, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                 z=None, return_last_state=False, out_float=out_float).unflatten(1, (K, d))
+    y = ys[:, 0] + ys[:, 1].index_select(-1, back[1]) + ys[:, 2].index_select(-1, back[2]) + ys[:, 3].index_select(-1, back[3])
+    return y.reshape(b, d, h, w)

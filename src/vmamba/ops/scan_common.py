@@ -30,7 +30,9 @@ def step_sizes(
     if delta_bias is not None:
         dt = dt + delta_bias.to(dtype)[:, None]
     if delta_softplus:
-        dt = F.softplus(dt)
+        # Exported graphs get softplus as max(x, 0) + log(1 + exp(-|x|)): the same function,
+        # but plain element-wise ops, many times faster than onnxruntime's Softplus + Where.
+        dt = torch.relu(dt) + torch.log1p(torch.exp(-dt.abs())) if torch.compiler.is_exporting() else F.softplus(dt)
     return dt
 
 
