@@ -1,0 +1,15 @@
+# Mask R-CNN + FPN on COCO with VMamba-T v2 [s1l8] (vmamba_tiny_s1l8), 3x schedule: 36 epochs, lr steps at 27 and 33, multi-scale 480-800 resize and crop.
+# The authors' recipe (detection/configs/vssm1/mask_rcnn_vssm_fpn_coco_tiny.py in their release): their Swin-T
+# Mask R-CNN config with the VMamba backbone: AdamW lr 1e-4, betas (0.9, 0.999), weight decay
+# 0.05 (none on norms), linear warm-up over 1000 iterations, batch 16 (8 GPUs x 2), drop path
+# 0.2, all four stages into the FPN, backbone initialised from their ImageNet weights.
+_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'
+custom_imports = dict(imports=['vmamba.mmdet'], allow_failed_imports=False)
+
+# The authors' ImageNet-1K checkpoint (or one of this project); use_ema=True takes its EMA weights.
+pretrained = 'checkpoints/vssm1_tiny_0230s_ckpt_epoch_264.pth'
+model = dict(
+    backbone=dict(
+        _delete_=True, type='vmamba_tiny_s1l8', out_indices=(0, 1, 2, 3), drop_path_rate=0.2,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    neck=dict(in_channels=[96, 192, 384, 768]))

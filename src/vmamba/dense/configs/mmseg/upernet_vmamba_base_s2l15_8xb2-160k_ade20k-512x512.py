@@ -1,0 +1,16 @@
+# UperNet on ADE20K, 512x512 crops, 160k iterations, with VMamba-B v2 [s2l15] (vmamba_base_s2l15).
+# The authors' recipe (segmentation/configs/vssm1/upernet_vssm_4xb4-160k_ade20k-512x512_base.py in their
+# release): the Swin UperNet config with the VMamba backbone: AdamW lr 6e-5, betas (0.9, 0.999),
+# weight decay 0.01 (none on norms), linear warm-up over 1500 iterations then poly decay, batch
+# 16 (8 GPUs x 2; the authors ran 4 GPUs x 4), drop path 0.6, auxiliary FCN head on stage 3.
+_base_ = 'mmseg::swin/swin-base-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
+custom_imports = dict(imports=['vmamba.mmseg'], allow_failed_imports=False)
+
+# The authors' ImageNet-1K checkpoint (or one of this project); use_ema=True takes its EMA weights.
+pretrained = 'checkpoints/vssm_base_0229_ckpt_epoch_237.pth'
+model = dict(
+    backbone=dict(
+        _delete_=True, type='vmamba_base_s2l15', out_indices=(0, 1, 2, 3), drop_path_rate=0.6,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    decode_head=dict(in_channels=[128, 256, 512, 1024], num_classes=150),
+    auxiliary_head=dict(in_channels=512, num_classes=150))

@@ -1,0 +1,16 @@
+# UperNet on ADE20K, 512x512 crops, 160k iterations, with VMamba-T v2 [s1l8] (vmamba_tiny_s1l8).
+# The authors' recipe (segmentation/configs/vssm1/upernet_vssm_4xb4-160k_ade20k-512x512_tiny.py in their
+# release): the Swin UperNet config with the VMamba backbone: AdamW lr 6e-5, betas (0.9, 0.999),
+# weight decay 0.01 (none on norms), linear warm-up over 1500 iterations then poly decay, batch
+# 16 (8 GPUs x 2; the authors ran 4 GPUs x 4), drop path 0.2, auxiliary FCN head on stage 3.
+_base_ = 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
+custom_imports = dict(imports=['vmamba.mmseg'], allow_failed_imports=False)
+
+# The authors' ImageNet-1K checkpoint (or one of this project); use_ema=True takes its EMA weights.
+pretrained = 'checkpoints/vssm1_tiny_0230s_ckpt_epoch_264.pth'
+model = dict(
+    backbone=dict(
+        _delete_=True, type='vmamba_tiny_s1l8', out_indices=(0, 1, 2, 3), drop_path_rate=0.2,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=150),
+    auxiliary_head=dict(in_channels=384, num_classes=150))
