@@ -75,19 +75,26 @@ def cross_selective_scan(
     _check_cross_inputs(x, delta, B, C)
     b, d, h, w = x.shape
     impl = resolve_backend(backend, x.device.type, x.dtype)
+    # Shapes of A, D, delta_bias checked on (cheap) views standing for the scan sequences.
+    check_scan_inputs(x.new_empty(()).expand(b, K * d, h * w), delta.new_empty(()).expand(b, K * d, h * w),
+                      A, B.flatten(3), C.flatten(3), D, delta_bias)
     if impl.cross_fn is not None:
-        # Shapes of A, D, delta_bias checked on (cheap) views standing for the scan sequences.
-        check_scan_inputs(x.new_empty(()).expand(b, K * d, h * w), delta.new_empty(()).expand(b, K * d, h * w),
-                          A, B.flatten(3), C.flatten(3), D, delta_bias)
         return impl.cross_fn(x, delta, A, B, C, D=D, delta_bias=delta_bias,
                              delta_softplus=delta_softplus, mode=mode, out_float=out_float)
     if mode == "cross2d" and torch.compiler.is_exporting() and _size_hint(h * w) <= _GATHER_MAX_LENGTH:
         return _cross2d_by_gathers(x, delta, A, B, C, D, delta_bias, delta_softplus, out_float, impl.fn)
-    xs = cross_scan(x, mode).reshape(b, K * d, h * w)
-    ds = scan_order(delta, mode).reshape(b, K * d, h * w)
-    Bs, Cs = check_scan_inputs(xs, ds, A, scan_order(B, mode), scan_order(C, mode), D, delta_bias)
-    ys = impl.fn(xs, ds, A, Bs, Cs, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus,
-                 z=None, return_last_state=False, out_float=out_float)
+    return composed_cross_scan(impl.fn, x, delta, A, B, C, D, delta_bias, delta_softplus, mode, out_float)
+
+
+def composed_cross_scan(scan_fn, x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
+                        mode="cross2d", out_float=False) -> torch.Tensor:
+    """``cross_selective_scan`` composed from cross_scan, ``scan_fn`` (a selective-scan backend)
+    and cross_merge, materialising the four direction copies: the path of backends without a
+    fused kernel, and the fallback of the fused kernels for inputs they do not take."""
+    b, d, h, w = x.shape
+    ys = scan_fn(cross_scan(x, mode).reshape(b, K * d, h * w), scan_order(delta, mode).reshape(b, K * d, h * w),
+                 A, scan_order(B, mode), scan_order(C, mode), D=D, delta_bias=delta_bias,
+                 delta_softplus=delta_softplus, z=None, return_last_state=False, out_float=out_float)
     return cross_merge(ys.reshape(b, K, d, h, w), mode).reshape(b, d, h, w)
 
 

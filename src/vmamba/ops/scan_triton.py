@@ -46,9 +46,9 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from .backends import register_backend
-from .cross_scan import _check_mode, cross_merge, cross_scan
-from .cross_selective_scan import scan_order
-from .scan_common import scan_flops
+from .cross_scan import _check_mode
+from .cross_selective_scan import composed_cross_scan
+from .scan_common import cross_scan_op_flops, scan_op_flops
 from .scan_torch import selective_scan_torch
 
 __all__ = [
@@ -540,27 +540,16 @@ def cross_selective_scan_triton(x, delta, A, B, C, D=None, delta_bias=None, delt
     """
     _check_mode(mode)
     if A.shape[1] > MAX_STATE or x.numel() == 0 or x.dtype == torch.float64:
-        b, d, h, w = x.shape
-        ys = selective_scan_torch(cross_scan(x, mode).reshape(b, 4 * d, h * w),
-                                  scan_order(delta, mode).reshape(b, 4 * d, h * w), A,
-                                  scan_order(B, mode), scan_order(C, mode), D=D, delta_bias=delta_bias,
-                                  delta_softplus=delta_softplus, out_float=out_float)
-        return cross_merge(ys.reshape(b, 4, d, h, w), mode).reshape(b, d, h, w)
+        return composed_cross_scan(selective_scan_torch, x, delta, A, B, C, D, delta_bias, delta_softplus, mode,
+                                   out_float)
     save = _needs_grad(x, delta, A, B, C, D, delta_bias)
     y, _ = _cross_op(x, delta, A, B, C, D, delta_bias, bool(delta_softplus), mode, save)
     return y if out_float else y.to(x.dtype)
 
 
-# FLOP formulas, so torch.utils.flop_counter sees the kernels. FlopCounterMode counts 2 per
-# multiply-add; the scan's count (the authors' 9*B*D*L*N + B*D*L) is doubled to that unit.
-@register_flop_formula(torch.ops.vmamba.selective_scan_triton)
-def _scan_op_flops(u_shape, delta_shape, A_shape, *args, **kwargs) -> int:
-    return 2 * scan_flops(u_shape[0], u_shape[1], u_shape[2], A_shape[1])
-
-
-@register_flop_formula(torch.ops.vmamba.cross_selective_scan_triton)
-def _cross_op_flops(x_shape, delta_shape, A_shape, *args, **kwargs) -> int:
-    return 2 * scan_flops(x_shape[0], A_shape[0], x_shape[2] * x_shape[3], A_shape[1])
+# FLOP formulas, so torch.utils.flop_counter sees the kernels.
+register_flop_formula(torch.ops.vmamba.selective_scan_triton)(scan_op_flops)
+register_flop_formula(torch.ops.vmamba.cross_selective_scan_triton)(cross_scan_op_flops)
 
 
 register_backend(
