@@ -49,6 +49,7 @@ from .backends import register_backend
 from .cross_scan import _check_mode
 from .cross_selective_scan import composed_cross_scan
 from .scan_common import cross_scan_op_flops, scan_op_flops
+from .kernel_autograd import needs_grad, register_cross_autograd, register_scan_autograd
 from .scan_torch import selective_scan_torch
 
 __all__ = [
@@ -312,16 +313,6 @@ def _backward(kern, dy, sy, dlast, u, su, delta, sd, A, B, sB, C, sC, D, delta_b
 _NO_STRIDES = (0, 0, 0)
 
 
-def _cast(g: Tensor, like: Optional[Tensor], needed: bool) -> Optional[Tensor]:
-    if like is None or not needed:
-        return None
-    return g.to(like.dtype)
-
-
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 # ----------------------------------------------------------------------------- plain scan op
 
 def _plain_strides(u, delta, B, C, z):
@@ -391,28 +382,7 @@ def _scan_bwd_fake(dy, dlast, u, delta, A, B, C, D, delta_bias, z, states, delta
             u.new_empty((d,), dtype=f), z.new_empty(u.shape) if z is not None else u.new_empty((0,)))
 
 
-def _scan_setup(ctx, inputs, output):
-    u, delta, A, B, C, D, delta_bias, z, delta_softplus, _, _ = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, z, output[2])
-    ctx.delta_softplus = delta_softplus
-
-
-def _scan_backward(ctx, gy, glast, gstates):
-    u, delta, A, B, C, D, delta_bias, z, states = ctx.saved_tensors
-    if states.numel() == 0:
-        raise RuntimeError("vmamba triton scan: backward called but the forward did not save its states "
-                           "(it ran with gradients disabled)")
-    if gy is None:
-        gy = torch.zeros(u.shape, dtype=torch.float32, device=u.device)
-    du, ddelta, dA, dB, dC, dD, db, dz = _scan_bwd_op(
-        gy, glast, u, delta, A, B, C, D, delta_bias, z, states, ctx.delta_softplus)
-    need = ctx.needs_input_grad
-    return (_cast(du, u, need[0]), _cast(ddelta, delta, need[1]), _cast(dA, A, need[2]), _cast(dB, B, need[3]),
-            _cast(dC, C, need[4]), _cast(dD, D, need[5]), _cast(db, delta_bias, need[6]), _cast(dz, z, need[7]),
-            None, None, None)
-
-
-_scan_op.register_autograd(_scan_backward, setup_context=_scan_setup)
+register_scan_autograd(_scan_op, _scan_bwd_op, "triton scan")
 
 
 def selective_scan_triton(
@@ -435,7 +405,7 @@ def selective_scan_triton(
     if A.shape[1] > MAX_STATE or u.numel() == 0 or u.dtype == torch.float64:
         return selective_scan_torch(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus,
                                     z=z, return_last_state=return_last_state, out_float=out_float)
-    save = _needs_grad(u, delta, A, B, C, D, delta_bias, z)
+    save = needs_grad(u, delta, A, B, C, D, delta_bias, z)
     y, last, _ = _scan_op(u, delta, A, B, C, D, delta_bias, z, bool(delta_softplus), save, bool(out_float))
     return (y, last) if return_last_state else y
 
@@ -508,24 +478,7 @@ def _cross_bwd_fake(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus
             x.new_empty((kd,), dtype=f))
 
 
-def _cross_setup(ctx, inputs, output):
-    x, delta, A, B, C, D, delta_bias, delta_softplus, mode, _ = inputs
-    ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, output[1])
-    ctx.delta_softplus, ctx.mode = delta_softplus, mode
-
-
-def _cross_backward(ctx, gy, gstates):
-    x, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors
-    if states.numel() == 0:
-        raise RuntimeError("vmamba triton cross scan: backward called but the forward did not save its states")
-    dx, ddelta, dA, dB, dC, dD, db = _cross_bwd_op(gy, x, delta, A, B, C, D, delta_bias, states,
-                                                   ctx.delta_softplus, ctx.mode)
-    need = ctx.needs_input_grad
-    return (_cast(dx, x, need[0]), _cast(ddelta, delta, need[1]), _cast(dA, A, need[2]), _cast(dB, B, need[3]),
-            _cast(dC, C, need[4]), _cast(dD, D, need[5]), _cast(db, delta_bias, need[6]), None, None, None)
-
-
-_cross_op.register_autograd(_cross_backward, setup_context=_cross_setup)
+register_cross_autograd(_cross_op, _cross_bwd_op, "triton cross scan")
 
 
 def cross_selective_scan_triton(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
@@ -542,7 +495,7 @@ def cross_selective_scan_triton(x, delta, A, B, C, D=None, delta_bias=None, delt
     if A.shape[1] > MAX_STATE or x.numel() == 0 or x.dtype == torch.float64:
         return composed_cross_scan(selective_scan_torch, x, delta, A, B, C, D, delta_bias, delta_softplus, mode,
                                    out_float)
-    save = _needs_grad(x, delta, A, B, C, D, delta_bias)
+    save = needs_grad(x, delta, A, B, C, D, delta_bias)
     y, _ = _cross_op(x, delta, A, B, C, D, delta_bias, bool(delta_softplus), mode, save)
     return y if out_float else y.to(x.dtype)
 
