@@ -11,6 +11,7 @@ import torch
 
 from .backends import resolve_backend
 from .cross_scan import _check_mode, cross_merge, cross_scan
+from .scan_common import size_hint
 from .selective_scan import check_scan_inputs
 
 K = 4
@@ -81,7 +82,7 @@ def cross_selective_scan(
     if impl.cross_fn is not None:
         return impl.cross_fn(x, delta, A, B, C, D=D, delta_bias=delta_bias,
                              delta_softplus=delta_softplus, mode=mode, out_float=out_float)
-    if mode == "cross2d" and torch.compiler.is_exporting() and _size_hint(h * w) <= _GATHER_MAX_LENGTH:
+    if mode == "cross2d" and torch.compiler.is_exporting() and (size_hint(h * w) or 0) <= _GATHER_MAX_LENGTH:
         return _cross2d_by_gathers(x, delta, A, B, C, D, delta_bias, delta_softplus, out_float, impl.fn)
     return composed_cross_scan(impl.fn, x, delta, A, B, C, D, delta_bias, delta_softplus, mode, out_float)
 
@@ -101,14 +102,6 @@ def composed_cross_scan(scan_fn, x, delta, A, B, C, D=None, delta_bias=None, del
 # Maps up to this many pixels are reordered by gathers when exported (onnxruntime transposes
 # small maps slowly); larger ones by transposes, which it does faster than gathers there.
 _GATHER_MAX_LENGTH = 1024
-
-
-def _size_hint(n) -> int:
-    """An int for a size that may be symbolic (the example's value while exporting)."""
-    if isinstance(n, int):
-        return n
-    hint = getattr(getattr(n, "node", None), "hint", None)
-    return hint if isinstance(hint, int) else 0
 
 
 def _cross2d_by_gathers(x, delta, A, B, C, D, delta_bias, delta_softplus, out_float, scan_fn):

@@ -26,6 +26,15 @@ def cross_scan_op_flops(x_shape, delta_shape, A_shape, *args, **kwargs) -> int:
     return 2 * scan_flops(x_shape[0], A_shape[0], x_shape[2] * x_shape[3], A_shape[1])
 
 
+def size_hint(n) -> int | None:
+    """A size as an int: itself when static, the traced example's value when symbolic (while
+    exporting), None when there is no example value."""
+    if isinstance(n, int):
+        return n
+    hint = getattr(getattr(n, "node", None), "hint", None)
+    return hint if isinstance(hint, int) else None
+
+
 def compute_dtype(u: torch.Tensor) -> torch.dtype:
     """State and arithmetic dtype: float32, or float64 when the input itself is float64."""
     return torch.float64 if u.dtype == torch.float64 else torch.float32

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .scan_common import compute_dtype, finish_output, step_sizes
+from .scan_common import compute_dtype, finish_output, size_hint, step_sizes
 
 # Elements of (batch slice, D, L, N) whose autograd graph the backward may hold at once.
 _RECOMPUTE_BUDGET = 1 << 24
@@ -90,11 +90,8 @@ def chunked_scan(u, dt, A, B, C, chunk_size: int):
 def export_chunk_size(length) -> int:
     """Steps per chunk when exporting: the eager choice for a static length, else one fitted to
     the example being traced (at most :data:`EXPORT_CHUNK_SIZE`)."""
-    if not isinstance(length, int):
-        length = getattr(getattr(length, "node", None), "hint", None)
-        if not isinstance(length, int):
-            return EXPORT_CHUNK_SIZE
-    return min(EXPORT_CHUNK_SIZE, default_chunk_size(length))
+    length = size_hint(length)
+    return EXPORT_CHUNK_SIZE if length is None else min(EXPORT_CHUNK_SIZE, default_chunk_size(length))
 
 
 def chunked_scan_symbolic(u, dt, A, B, C, chunk_size: int):
