@@ -136,6 +136,8 @@ def bench_scan(quick):
                     tg = scan_inputs(batch, D, L, n, requires_grad=True)
 
                     def fwd_bwd():
+                        for v in tg.values():  # fresh gradient buffers, as after zero_grad(set_to_none=True)
+                            v.grad = None
                         y = call_scan(tg, "cpu")
                         y.backward(torch.ones_like(y))
 
