@@ -4,7 +4,7 @@ The kernel (``cpu/selective_scan.cpp``, shipped inside the package) keeps the st
 registers, vectorised over channels (16 per vector with AVX-512), runs parallel over
 (batch, channel block) with torch's intra-op threads (``torch.set_num_threads``) and sequential in
 time, in fp32 arithmetic for fp32/bf16/fp16 inputs. Its backward recomputes the states of each
-chunk of 64 steps from the state saved at the chunk's start (a reverse scan), so training memory
+chunk of 32 steps from the state saved at the chunk's start (a reverse scan), so training memory
 stays O(batch * D * L) instead of storing every state.
 
 Build: ``torch.utils.cpp_extension.load`` compiles the source the first time the backend is asked

@@ -174,10 +174,30 @@ static inline vf vsoftplus(vf x) {
   return vmax(x, vset(0.0f)) + lp;
 }
 
+// 1 / v: the approximate reciprocal refined by one Newton step (relative error ~1e-8, no division).
+static inline vf vrcp(vf v) {
+  const vf r = vrcp_approx(v);
+#if defined(__AVX512F__)
+  return r * (2.0f - v * r);
+#else
+  return r;
+#endif
+}
+
 static inline vf vsigmoid(vf x) {
   vf e = vexp(vneg_abs(x));
-  vf s = 1.0f / (1.0f + e);
+  vf s = vrcp(1.0f + e);
   return x >= 0.0f ? s : e * s;
+}
+
+// softplus(x) and its derivative sigmoid(x) (the backward needs both), sharing exp(-|x|) and
+// 1 / (1 + exp(-|x|)).
+static inline vf vsoftplus_sigmoid(vf x, vf& sig) {
+  const vf e = vexp2_mul(vneg_abs(x), vset(LOG2E));
+  const vf v = 1.0f + e;
+  const vf r = vrcp(v);
+  sig = x >= 0.0f ? r : e * r;
+  return vmax(x, vset(0.0f)) + (vlog_1_2(v) - ((v - 1.0f) - e) * r);
 }
 
 template <typename S> static inline float to_f(S v) { return static_cast<float>(v); }
@@ -362,8 +382,7 @@ static inline void step_tile(vf* dt, vf* sig, int tc, vf bias, vf mask, bool sof
   for (int j = 0; j < tc; ++j) {
     vf x = dt[j] + bias;
     if (softplus) {
-      if (sig) sig[j] = vsigmoid(x);
-      x = vsoftplus(x);
+      x = sig ? vsoftplus_sigmoid(x, sig[j]) : vsoftplus(x);
     }
     dt[j] = x * mask;
   }
@@ -444,68 +463,105 @@ void forward_item(const Problem& P, int64_t b, int64_t g, int64_t blk) {
   }
 }
 
-// Sum the lanes of tile[j * N + n] into out[(t0 + j) * N + n].
+#if defined(__AVX512F__)
+// The dB and dC rows of a step sum 16 x 16 products over the lanes: a transpose-add tree of 4
+// levels. pair_dot is level 1 fused with the products x * s: lanes 0-7 of the result hold 8 partial
+// sums of x0 * s, lanes 8-15 those of x1 * s (s_lo = s[0..7] twice, s_hi = s[8..15] twice), so the
+// 16 products are never formed one by one (53 instructions per row instead of 61).
+static inline vf pair_dot(vf x0, vf x1, vf s_lo, vf s_hi) {
+  const vf lo = __builtin_shufflevector(x0, x1, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+  const vf hi = __builtin_shufflevector(x0, x1, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  return lo * s_lo + hi * s_hi;
+}
+static inline vf tree2(vf a, vf b) {  // 4 partials each of 4 sums
+  const vf lo = __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+  const vf hi = __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  return lo + hi;
+}
+static inline vf tree3(vf a, vf b) {  // 2 partials each of 8 sums
+  const vf lo = __builtin_shufflevector(a, b, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29);
+  const vf hi = __builtin_shufflevector(a, b, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+  return lo + hi;
+}
+static inline vf tree4(vf a, vf b) {  // the 16 sums
+  const vf lo = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const vf hi = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  return lo + hi;
+}
+#endif
+
+static inline float lane_sum(vf v) {
+#if defined(__AVX512F__)
+  return _mm512_reduce_add_ps((__m512)v);
+#else
+  float s = 0.0f;
+  for (int w = 0; w < W; ++w) s += lanes(v)[w];
+  return s;
+#endif
+}
+
+#if defined(__AVX512F__)
+// s[0..7] twice and s[8..15] twice: the factors of pair_dot.
+static inline void halves(vf s, vf& s_lo, vf& s_hi) {
+  s_lo = __builtin_shufflevector(s, s, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7);
+  s_hi = __builtin_shufflevector(s, s, 8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
+// Levels 1-2 for four consecutive state indices.
+static inline vf quad_dot(vf x0, vf x1, vf x2, vf x3, vf s_lo, vf s_hi) {
+  return tree2(pair_dot(x0, x1, s_lo, s_hi), pair_dot(x2, x3, s_lo, s_hi));
+}
+
+// Levels 3-4 from the four level-2 vectors; out[0..15] (+)= the 16 sums.
+static inline void tree_store(const vf* c, float* out, bool acc) {
+  vf r = tree4(tree3(c[0], c[1]), tree3(c[2], c[3]));
+  if (acc) {
+    vf o;
+    std::memcpy(&o, out, sizeof o);
+    r = r + o;
+  }
+  std::memcpy(out, &r, sizeof r);
+}
+#endif
+
+// One step's row of dB or dC: out[n] (+)= sum over the lanes (channels) of x[n] * s, n < N.
 template <int NS>
-static inline void reduce_lanes(const vf* tile, float* out, int tc, int N, bool acc) {
+static inline void lane_dot(const vf* x, vf s, float* out, int N, bool acc) {
 #if defined(__AVX512F__)
   if constexpr (NS == 16 && W == 16) {
-    // 16 x 16 transpose-and-add tree: 45 shuffles/adds for 16 sums.
-    for (int j = 0; j < tc; ++j) {
-      const vf* v = tile + j * 16;
-      vf a[8], c[4], d[2];
-      for (int i = 0; i < 8; ++i) {
-        vf lo = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
-        vf hi = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-        a[i] = lo + hi;  // lanes 0-7: 8 partials of v[2i]; 8-15: of v[2i+1]
-      }
-      for (int i = 0; i < 4; ++i) {
-        vf lo = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
-        vf hi = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
-        c[i] = lo + hi;  // 4 partials each of v[4i .. 4i+3]
-      }
-      for (int i = 0; i < 2; ++i) {
-        vf lo = __builtin_shufflevector(c[2 * i], c[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29);
-        vf hi = __builtin_shufflevector(c[2 * i], c[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
-        d[i] = lo + hi;  // 2 partials each of v[8i .. 8i+7]
-      }
-      vf lo = __builtin_shufflevector(d[0], d[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-      vf hi = __builtin_shufflevector(d[0], d[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-      vf s = lo + hi;
-      if (acc) {
-        vf o;
-        std::memcpy(&o, out + j * 16, sizeof o);
-        s = s + o;
-      }
-      std::memcpy(out + j * 16, &s, sizeof s);
-    }
+    vf s_lo, s_hi, c[4];
+    halves(s, s_lo, s_hi);
+    for (int i = 0; i < 4; ++i) c[i] = quad_dot(x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3], s_lo, s_hi);
+    tree_store(c, out, acc);
     return;
   }
 #endif
-  {
-    for (int j = 0; j < tc; ++j)
-      for (int n = 0; n < N; ++n) {
-        const float* l = lanes(tile[j * N + n]);
-        float s = 0.0f;
-        for (int w = 0; w < W; ++w) s += l[w];
-        out[j * N + n] = acc ? out[j * N + n] + s : s;
-      }
+  for (int n = 0; n < N; ++n) {
+    const float v = lane_sum(x[n] * s);
+    out[n] = acc ? out[n] + v : v;
   }
 }
 
+// Backward of one block of W channels, chunk by chunk in reverse:
+//   1. recompute the chunk's states from the saved entering state, keeping exp(dt A) and the state
+//      entering each step, and (the state being in registers) the dC row of each step;
+//   2. the adjoint recurrence backwards through the chunk: du, d delta, the dB row of each step,
+//      and the dA / dD / d delta_bias accumulators.
 template <int NS>
 void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vector<vf>& buf) {
   const int N = NS ? NS : static_cast<int>(P.N);
   const int64_t L = P.L, dg = P.Dch / P.G;
   const int64_t c0 = g * dg + blk * W;
   const int nl = static_cast<int>(std::min<int64_t>(W, dg - blk * W));
-  vf dt_t[T], sg_t[T], u_t[T], z_t[T], do_t[T], ys_t[T], du_t[T], dd_t[T], dz_t[T];
+  vf dt_t[T], sg_t[T], u_t[T], z_t[T], do_t[T], dy_t[T], ys_t[T], du_t[T], dd_t[T], dz_t[T];
   int64_t pidx[T];
-  vf Av[NS ? NS : MAXN], h0[NS ? NS : MAXN], dh[NS ? NS : MAXN], dA_acc[NS ? NS : MAXN];
-  buf.resize(static_cast<size_t>(4) * T * N);
-  vf* hs = buf.data();          // [T][N] state after step j
-  vf* dAs = hs + T * N;         // [T][N] exp(dt A), then the dA contribution
-  vf* dBt = dAs + T * N;        // [N] lane partials of dB at one step (reduced right away, stays in L1)
-  vf* dCt = dBt + N;            // [N] lane partials of dC at one step
+  vf Av[NS ? NS : MAXN], h0[NS ? NS : MAXN], dh[NS ? NS : MAXN];
+  // the odd offsets keep the three arrays off a common 4 KiB alignment (loads falsely waiting on
+  // stores to the same address bits)
+  buf.resize(static_cast<size_t>(2 * T + 1) * N + 16);
+  vf* as = buf.data();          // [T][N] exp(dt A) of step j
+  vf* hps = as + T * N + 5;     // [T][N] state entering step j
+  vf* dA_acc = hps + T * N + 7; // [N] running sum of dA over the chunks
   const int64_t u_b = b * P.Dch * L;
   for (int k = 0; k < P.K; ++k) {
     const int64_t sc0 = k * P.Dch + c0;
@@ -525,7 +581,7 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
     const int64_t d_b = (b * P.K * P.Dch + sc0) * L;
     const float* st = P.states + (((b * P.K + k) * P.G * P.nblk + g * P.nblk + blk) * P.nchunks) * N * W;
     // dB/dC partial sums of this block's super-block (SB blocks, summed in order: deterministic)
-    const bool first = blk % SB == 0;
+    const bool acc = blk % SB != 0;
     float* dBo = P.dBp + (((b * P.K + k) * P.G + g) * P.nsb + blk / SB) * L * N;
     float* dCo = P.dCp + (((b * P.K + k) * P.G + g) * P.nsb + blk / SB) * L * N;
     for (int64_t ci = P.nchunks - 1; ci >= 0; --ci) {
@@ -535,12 +591,18 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
       for (int j = 0; j < tc; ++j) pidx[j] = pixel(P.mode, k, t0 + j, L, P.H, P.Wd);
       load_tile(u_t, P.u, P.dtype, b * P.su[0] + c0 * P.su[1], P.su[1], P.su[2], pidx, tc, nl);
       load_tile(dt_t, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], pidx, tc, nl);
-      load_tile(do_t, P.dout, 0, u_b + c0 * L, L, 1, pidx, tc, nl);
+      load_tile(dy_t, P.dout, 0, u_b + c0 * L, L, 1, pidx, tc, nl);
       step_tile(dt_t, sg_t, tc, bl, mask, P.softplus);
-      if (P.has_z) load_tile(z_t, P.z, P.dtype, b * P.sz[0] + c0 * P.sz[1], P.sz[1], P.sz[2], pidx, tc, nl);
+      if (P.has_z) {  // dy := gradient of the output before the gate y * silu(z)
+        load_tile(z_t, P.z, P.dtype, b * P.sz[0] + c0 * P.sz[1], P.sz[1], P.sz[2], pidx, tc, nl);
+        for (int j = 0; j < tc; ++j) {
+          do_t[j] = dy_t[j];
+          dy_t[j] = dy_t[j] * z_t[j] * vsigmoid(z_t[j]);
+        }
+      }
       const float* B0 = Bk + t0 * N;
       const float* C0 = Ck + t0 * N;
-      // 1. recompute the chunk's states
+      // 1. recompute the chunk's states; dC
       {
         vf h[NS ? NS : MAXN];
         for (int n = 0; n < N; ++n) h[n] = h0[n];
@@ -549,48 +611,67 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
         for (int j = 0; j < tc; ++j, Bj += N, Cj += N) {
           const vf dt = dt_t[j];
           const vf dtu = dt * u_t[j];
+          vf* aj = as + j * N;
+          vf* hpj = hps + j * N;
           vf y = vf{};
 #pragma GCC unroll 16
           for (int n = 0; n < N; ++n) {
-            const vf dA = vexp2_mul(dt, Av[n]);
-            h[n] = dA * h[n] + dtu * Bj[n];
-            hs[j * N + n] = h[n];
-            dAs[j * N + n] = dA;
+            const vf a = vexp2_mul(dt, Av[n]);
+            aj[n] = a;
+            hpj[n] = h[n];
+            h[n] = a * h[n] + dtu * Bj[n];
             if (P.has_z) y = y + h[n] * Cj[n];
           }
           if (P.has_z) ys_t[j] = y + Dl * u_t[j];
+          lane_dot<NS>(h, dy_t[j], dCo + (t0 + j) * N, N, acc);
+        }
+      }
+      if (P.has_z) {
+        for (int j = 0; j < tc; ++j) {
+          const vf s = vsigmoid(z_t[j]);
+          dz_t[j] = do_t[j] * ys_t[j] * (s * (1.0f + z_t[j] * (1.0f - s)));
         }
       }
       // 2. adjoint recurrence backwards through the chunk
       for (int j = tc - 1; j >= 0; --j) {
         const float* Bj = B0 + j * N;
         const float* Cj = C0 + j * N;
-        const vf dt = dt_t[j], u = u_t[j];
-        vf dy = do_t[j];
-        if (P.has_z) {
-          const vf zz = z_t[j];
-          const vf s = vsigmoid(zz);
-          dz_t[j] = dy * ys_t[j] * (s * (1.0f + zz * (1.0f - s)));
-          dy = dy * zz * s;
-        }
+        const vf dt = dt_t[j], u = u_t[j], dy = dy_t[j];
+        const vf* aj = as + j * N;
+        const vf* hpj = hps + j * N;
         dD_acc = dD_acc + dy * u;
         const vf dtu = dt * u;
-        vf sB = vf{}, qa = vf{};
-        const vf* hp = j > 0 ? hs + (j - 1) * N : h0;
-#pragma GCC unroll 16
-        for (int n = 0; n < N; ++n) {
+        vf sB0 = vf{}, sB1 = vf{}, qa0 = vf{}, qa1 = vf{};  // two partial sums each: shorter dependency chains
+        // One state index: d = dL/dh_j (before the decay), the adjoint carried to step j - 1, the dA terms.
+        auto adjoint = [&](int n) __attribute__((always_inline)) {
           const vf d = dh[n] + dy * Cj[n];
-          const vf a = dAs[j * N + n];
-          dCt[n] = dy * hs[j * N + n];
-          dBt[n] = d * dtu;
-          sB = sB + d * Bj[n];
-          const vf q = d * a * hp[n];
-          qa = qa + q * Av[n];
-          dAs[j * N + n] = q * dt;
-          dh[n] = d * a;
+          ((n & 1) ? sB1 : sB0) += d * Bj[n];
+          dh[n] = d * aj[n];
+          const vf q = dh[n] * hpj[n];  // d * exp(dt A) * h_prev: the gradient of dt * A
+          ((n & 1) ? qa1 : qa0) += q * Av[n];
+          dA_acc[n] = dA_acc[n] + q * dt;
+          return d;
+        };
+#if defined(__AVX512F__)
+        if constexpr (NS == 16 && W == 16) {
+          // the dB row folded in four states at a time, so the d's never leave registers
+          vf s_lo, s_hi, c[4];
+          halves(dtu, s_lo, s_hi);
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; ++i) {
+            const vf d0 = adjoint(4 * i), d1 = adjoint(4 * i + 1), d2 = adjoint(4 * i + 2), d3 = adjoint(4 * i + 3);
+            c[i] = quad_dot(d0, d1, d2, d3, s_lo, s_hi);
+          }
+          tree_store(c, dBo + (t0 + j) * N, acc);
+        } else
+#endif
+        {
+          vf d[NS ? NS : MAXN];
+#pragma GCC unroll 16
+          for (int n = 0; n < N; ++n) d[n] = adjoint(n);
+          lane_dot<NS>(d, dtu, dBo + (t0 + j) * N, N, acc);
         }
-        reduce_lanes<NS>(dBt, dBo + (t0 + j) * N, 1, N, !first);
-        reduce_lanes<NS>(dCt, dCo + (t0 + j) * N, 1, N, !first);
+        const vf sB = sB0 + sB1, qa = qa0 + qa1;
         du_t[j] = dt * sB + Dl * dy;
         vf ddt = qa * LN2 + u * sB;  // Av holds A * log2e
         if (P.softplus) ddt = ddt * sg_t[j];
@@ -598,8 +679,6 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
         dd_t[j] = ddt;
         db_acc = db_acc + ddt;
       }
-      for (int j = 0; j < tc; ++j)
-        for (int n = 0; n < N; ++n) dA_acc[n] = dA_acc[n] + dAs[j * N + n];
       store_tile(P.du + u_b + c0 * L, L, pidx, du_t, tc, nl, P.cross);
       store_tile(P.ddelta + d_b, L, pidx, dd_t, tc, nl, false);
       if (P.has_z) store_tile(P.dz + u_b + c0 * L, L, pidx, dz_t, tc, nl, false);
