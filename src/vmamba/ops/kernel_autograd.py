@@ -40,6 +40,8 @@ def register_scan_autograd(op, backward_op, label: str) -> None:
     def setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs[:SCAN_TENSOR_INPUTS], output[2])
         ctx.delta_softplus, ctx.n_inputs = inputs[SCAN_TENSOR_INPUTS], len(inputs)
+        # unused outputs (the last state, the saved states) get None, not zero-filled tensors
+        ctx.set_materialize_grads(False)
 
     def backward(ctx, gy, glast, gstates):
         *saved, states = ctx.saved_tensors
@@ -65,11 +67,14 @@ def register_cross_autograd(op, backward_op, label: str) -> None:
         ctx.save_for_backward(*inputs[:CROSS_TENSOR_INPUTS], output[1])
         ctx.delta_softplus, ctx.mode = inputs[CROSS_TENSOR_INPUTS], inputs[CROSS_TENSOR_INPUTS + 1]
         ctx.n_inputs = len(inputs)
+        ctx.set_materialize_grads(False)
 
     def backward(ctx, gy, gstates):
         *saved, states = ctx.saved_tensors
         if states.numel() == 0:
             raise _missing_states(label)
+        if gy is None:
+            gy = torch.zeros(saved[0].shape, dtype=torch.float32, device=saved[0].device)
         grads = backward_op(gy, *saved, states, ctx.delta_softplus, ctx.mode)
         need = ctx.needs_input_grad
         return (*(cast_grad(g, t, need[i]) for i, (g, t) in enumerate(zip(grads, saved))),
