@@ -14,7 +14,10 @@ Prints, in one run on the machine at hand:
    and "reference" backends (batch 1) for the speed-up of the kernel at model level.
 
 Timings are the minimum over repetitions (the machine may be shared; the minimum is the least
-disturbed estimate), so compare ratios within one run, not absolute numbers across runs.
+disturbed estimate), so compare ratios within one run, not absolute numbers across runs. glibc's
+malloc hands large freed blocks back to the kernel, so repeated calls can spend a third of their
+time faulting in fresh output pages (bimodal timings on a VM); docs/cpu.md's numbers were taken
+with ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483648`` set, which keeps them.
 
 Usage: PYTHONPATH=src python benchmarks/bench_cpu.py [--quick] [--no-models] [--no-scan]
 """
