@@ -13,7 +13,8 @@ Usage (from the repository root):
 
 Shapes: s1..s4 are the stage shapes of vanilla_vmamba_tiny at 224 px (batch 1, N = 16), v2 the
 stage-1 shape of vmamba_tiny_s1l8 (N = 1), s2z stage 2 with the z gate, v2b8 the v2 shape at
-batch 8. Single thread unless --threads. The kernel ops are called directly (no autograd).
+batch 8, s2sub stage 2 with decays exp(dt * A) in the subnormal range (dt ~ 20, A ~ -5, as large
+steps with a steep A give in trained models). Single thread unless --threads. The kernel ops are called directly (no autograd).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ SOURCE = "src/vmamba/ops/cpu/selective_scan.cpp"
 SHAPES = {  # name: (D, L, N, batch, z gate)
     "s1": (768, 3136, 16, 1, False), "s2": (1536, 784, 16, 1, False), "s3": (3072, 196, 16, 1, False),
     "s4": (6144, 49, 16, 1, False), "v2": (384, 3136, 1, 1, False), "s2z": (1536, 784, 16, 1, True),
-    "v2b8": (384, 3136, 1, 8, False),
+    "v2b8": (384, 3136, 1, 8, False), "s2sub": (1536, 784, 16, 1, False),
 }
 
 
@@ -71,6 +72,9 @@ def inputs(name: str, seed: int = 0):
     Bt = torch.randn(batch, 4, L, N, generator=g)  # rows layout (batch, G, L, N), as the kernel reads it
     Ct = torch.randn(batch, 4, L, N, generator=g)
     Dv, bias = torch.ones(D), torch.randn(D, generator=g) * 0.1
+    if name.endswith("sub"):
+        delta = torch.randn(batch, D, L, generator=g) * 0.1 + 20.0
+        A = -(torch.rand(D, N, generator=g) * 0.2 + 5.0)
     z = torch.randn(batch, D, L, generator=g) if gate else None
     gy = torch.randn(batch, D, L, generator=g)
     return (u, delta, A, Bt, Ct, Dv, bias, z), gy

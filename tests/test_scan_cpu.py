@@ -175,6 +175,24 @@ def test_decay_exp_at_the_edges(case):
     assert rel_err(y[keep], ref[keep]) <= TOL
 
 
+def test_subnormal_decays_match_reference_and_leave_the_fp_mode_alone():
+    # dt * A around -90: exp(dt * A) is a subnormal float, which costs x86 a microcode assist per
+    # operation unless the kernel flushes it to zero (it does, while it runs). Flushing must not
+    # change the results beyond the tolerance, and the caller's floating-point mode is restored.
+    gen = torch.Generator().manual_seed(5)
+    ins = make_inputs(1, 32, 70, 16, 2, seed=5)
+    big = torch.rand(ins["delta"].shape, generator=gen) < 0.3
+    ins["delta"] = torch.where(big, torch.full_like(ins["delta"], 18.0), ins["delta"])  # softplus ~ 18
+    ins["A"] = -(torch.rand(ins["A"].shape, generator=gen) + 4.6)                          # dt * A ~ -83..-101
+    out_c, out_r, g_c, g_r = run_both(ins, softplus=True, last=True)
+    for oc, orr in zip(out_c, out_r):
+        assert torch.isfinite(oc).all() and rel_err(oc, orr) <= TOL
+    for k in g_r:
+        assert torch.isfinite(g_c[k]).all() and rel_err(g_c[k], g_r[k]) <= TOL, (k, rel_err(g_c[k], g_r[k]))
+    tiny = torch.tensor([1e-39])  # subnormal in fp32
+    assert (tiny * 1.0).item() != 0.0
+
+
 def test_auto_selection_and_dtypes():
     from vmamba.ops import available_backends
     assert "cpu" in available_backends("cpu")
