@@ -30,11 +30,11 @@
 #include <utility>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX__)
 #include <immintrin.h>
 #endif
 #if defined(__SSE2__)
-#include <xmmintrin.h>
+#include <emmintrin.h>
 #endif
 
 namespace {
@@ -346,6 +346,25 @@ static inline void load_tile(vf* tile, const void* base, int dtype, int64_t offs
   }
 }
 
+// Store one vector that nothing reads back soon (outputs, saved states) with a non-temporal store
+// where the address allows: a full cache line written without first reading it from memory (the
+// read-for-ownership doubled the memory traffic of the strided output tiles). The kernel threads
+// fence these stores before they finish (KernelThreadScope).
+static inline void stream_row(float* p, vf v) {
+#if defined(__AVX512F__)
+  if ((reinterpret_cast<uintptr_t>(p) & 63) == 0) {
+    _mm512_stream_ps(p, (__m512)v);
+    return;
+  }
+#elif defined(__AVX__)
+  if ((reinterpret_cast<uintptr_t>(p) & 31) == 0) {
+    _mm256_stream_ps(p, (__m256)v);
+    return;
+  }
+#endif
+  std::memcpy(p, &v, sizeof v);
+}
+
 static inline void store_tile(float* base, int64_t stride_c, const int64_t* pidx, const vf* tile, int tc, int nl,
                               bool accumulate) {
   int j0 = 0;
@@ -361,8 +380,10 @@ static inline void store_tile(float* base, int64_t stride_c, const int64_t* pidx
           vf o;
           std::memcpy(&o, p, sizeof o);
           v = v + o;
+          std::memcpy(p, &v, sizeof v);
+        } else {
+          stream_row(p, v);
         }
-        std::memcpy(p, &v, sizeof v);
       }
     }
   }
@@ -428,7 +449,9 @@ void forward_item(const Problem& P, int64_t b, int64_t g, int64_t blk) {
     for (int64_t ci = 0; ci < P.nchunks; ++ci) {
       const int64_t t0 = ci * T;
       const int tc = static_cast<int>(std::min<int64_t>(T, L - t0));
-      if (st) std::memcpy(st + ci * N * W, h, sizeof(vf) * N);
+      if (st) {
+        for (int n = 0; n < N; ++n) stream_row(st + (ci * N + n) * W, h[n]);
+      }
       for (int j = 0; j < tc; ++j) pidx[j] = pixel(P.mode, k, t0 + j, L, P.H, P.Wd);
       load_tile(u_t, P.u, P.dtype, b * P.su[0] + c0 * P.su[1], P.su[1], P.su[2], pidx, tc, nl);
       load_tile(dt_t, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], pidx, tc, nl);
@@ -695,22 +718,27 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
   }
 }
 
-// Subnormal floats (below 1.2e-38) cost a microcode assist of ~100 cycles per operation on x86:
-// a decay exp(dt * A) under ~e^-87 (large step times a strongly negative A, not rare in trained
-// models) made the whole scan 30-40x slower. While a kernel thread runs, flush them to zero
-// (FTZ, and DAZ for subnormal inputs); values that small are zero at the precision of the result.
-struct FlushSubnormals {
+// What every kernel thread sets up around its work. Subnormal floats (below 1.2e-38) cost a
+// microcode assist of ~100 cycles per operation on x86: a decay exp(dt * A) under ~e^-87 (a large
+// step times a strongly negative A, not rare in trained models) made the whole scan 27x slower.
+// So while the thread works they are flushed to zero (FTZ, and DAZ for subnormal inputs), values
+// that small being zero at the precision of the result; the caller's mode is restored after.
+// On the way out, a fence makes the non-temporal stores (stream_row) visible to the caller.
+struct KernelThreadScope {
 #if defined(__SSE2__)
   unsigned int saved = _mm_getcsr();
-  FlushSubnormals() { _mm_setcsr(saved | 0x8040u); }
-  ~FlushSubnormals() { _mm_setcsr(saved); }
+  KernelThreadScope() { _mm_setcsr(saved | 0x8040u); }
+  ~KernelThreadScope() {
+    _mm_sfence();
+    _mm_setcsr(saved);
+  }
 #endif
 };
 
 void run_forward(const Problem& P) {
   const int64_t items = P.batch * P.G * P.nsb;
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    const FlushSubnormals ftz;
+    const KernelThreadScope scope;
     for (int64_t bi = begin * SB; bi < end * SB; ++bi) {
       const int64_t sbi = bi / SB, b = sbi / (P.G * P.nsb), g = (sbi / P.nsb) % P.G, blk = (sbi % P.nsb) * SB + bi % SB;
       if (blk >= P.nblk) continue;
@@ -729,7 +757,7 @@ void run_forward(const Problem& P) {
 void run_backward(const Problem& P) {
   const int64_t items = P.batch * P.G * P.nsb;
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    const FlushSubnormals ftz;
+    const KernelThreadScope scope;
     std::vector<vf> buf;
     for (int64_t bi = begin * SB; bi < end * SB; ++bi) {  // the blocks of super-blocks [begin, end), in order
       const int64_t sbi = bi / SB, b = sbi / (P.G * P.nsb), g = (sbi / P.nsb) % P.G, blk = (sbi % P.nsb) * SB + bi % SB;
