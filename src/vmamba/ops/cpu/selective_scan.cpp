@@ -582,12 +582,10 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
   vf dt_t[T], sg_t[T], u_t[T], z_t[T], do_t[T], dy_t[T], ys_t[T], du_t[T], dd_t[T], dz_t[T];
   int64_t pidx[T];
   vf Av[NS ? NS : MAXN], h0[NS ? NS : MAXN], dh[NS ? NS : MAXN];
-  // the odd offsets keep the three arrays off a common 4 KiB alignment (loads falsely waiting on
-  // stores to the same address bits)
-  buf.resize(static_cast<size_t>(2 * T + 1) * N + 16);
+  buf.resize(static_cast<size_t>(2 * T + 1) * N);
   vf* as = buf.data();          // [T][N] exp(dt A) of step j
-  vf* hps = as + T * N + 5;     // [T][N] state entering step j
-  vf* dA_acc = hps + T * N + 7; // [N] running sum of dA over the chunks
+  vf* hps = as + T * N;         // [T][N] state entering step j
+  vf* dA_acc = hps + T * N;     // [N] running sum of dA over the chunks
   const int64_t u_b = b * P.Dch * L;
   for (int k = 0; k < P.K; ++k) {
     const int64_t sc0 = k * P.Dch + c0;
@@ -622,8 +620,9 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
       if (P.has_z) {  // dy := gradient of the output before the gate y * silu(z)
         load_tile(z_t, P.z, P.dtype, b * P.sz[0] + c0 * P.sz[1], P.sz[1], P.sz[2], pidx, tc, nl);
         for (int j = 0; j < tc; ++j) {
-          do_t[j] = dy_t[j];
-          dy_t[j] = dy_t[j] * z_t[j] * vsigmoid(z_t[j]);
+          const vf zz = z_t[j], sg = vsigmoid(zz);
+          do_t[j] = dy_t[j] * (sg * (1.0f + zz * (1.0f - sg)));  // times y: dz (after the recompute)
+          dy_t[j] = dy_t[j] * zz * sg;
         }
       }
       const float* B0 = Bk + t0 * N;
@@ -653,10 +652,7 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
         }
       }
       if (P.has_z) {
-        for (int j = 0; j < tc; ++j) {
-          const vf s = vsigmoid(z_t[j]);
-          dz_t[j] = do_t[j] * ys_t[j] * (s * (1.0f + z_t[j] * (1.0f - s)));
-        }
+        for (int j = 0; j < tc; ++j) dz_t[j] = do_t[j] * ys_t[j];
       }
       // 2. adjoint recurrence backwards through the chunk
       for (int j = tc - 1; j >= 0; --j) {
