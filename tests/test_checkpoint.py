@@ -210,3 +210,109 @@ def test_create_model_checkpoint_path(tmp_path):
     again = vmamba.create_model("vmamba_tiny_s1l8", depths=(1, 1, 1, 1), dims=16, num_classes=5,
                                 checkpoint_path=str(path)).eval()
     same_output(model, again)
+
+
+# --- files that try to change the process through pickle's BUILD / SETITEM opcodes ----------
+
+def _global(qualified: str) -> bytes:
+    module, name = qualified.rsplit(".", 1)
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _str(text: str) -> bytes:
+    data = text.encode()
+    return b"X" + len(data).to_bytes(4, "little") + data
+
+
+def _set_attribute(target: str, attribute: str) -> bytes:
+    """Pickle ops: push ``target``, BUILD it with slot state {attribute: (7,)}, pop it."""
+    return _global(target) + b"N}" + _str(attribute) + b"(K\x07ts\x86b0"
+
+
+def _set_state(target: str) -> bytes:
+    """Pickle ops: push ``target``, BUILD it with a plain dict state, pop it."""
+    return _global(target) + b"}" + _str("pwned") + b"K\x01sb0"
+
+
+def _set_item(target: str) -> bytes:
+    """Pickle ops: push ``target``, SETITEM 'pwned' = 1 on it, pop it."""
+    return _global(target) + _str("pwned") + b"K\x01s0"
+
+
+def _inject(path, prefix: bytes, foreign: bool = True):
+    """Rewrite a torch file so its pickle runs ``prefix`` first; with ``foreign``, also name an
+    unknown class first (as the authors' yacs config does), which sends the file to the fallback
+    loader instead of torch's weights_only loader."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        records = {info.filename: z.read(info.filename) for info in z.infolist()}
+    (pkl,) = [name for name in records if name.endswith("/data.pkl")]
+    data = records[pkl]
+    assert data[:2] == b"\x80\x02"
+    head = (_global("fake_yacs_config.CfgNode") + b"0") if foreign else b""
+    records[pkl] = data[:2] + head + prefix + data[2:]
+    path.unlink()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, data in records.items():
+            z.writestr(name, data)
+    return path
+
+
+ATTACKS = [  # (pickle ops, object they would change, attribute)
+    (_set_attribute("torch._utils._rebuild_tensor_v2", "__defaults__"), "torch._utils._rebuild_tensor_v2", "__defaults__"),
+    (_set_attribute("torch._utils._rebuild_parameter", "__kwdefaults__"), "torch._utils._rebuild_parameter", "__kwdefaults__"),
+    (_set_attribute("torch._utils._rebuild_tensor_v2", "pwned"), "torch._utils._rebuild_tensor_v2", "pwned"),
+    (_set_attribute("torch.nn.parameter.Parameter", "pwned"), "torch.nn.parameter.Parameter", "pwned"),
+    (_set_state("torch._utils._rebuild_parameter"), "torch._utils._rebuild_parameter", "pwned"),
+    (_set_state("collections.OrderedDict"), "collections.OrderedDict", "pwned"),
+    (_set_attribute("fake_yacs_config.CfgNode", "pwned"), None, None),  # the placeholder class itself
+    (_set_item("torch._utils._rebuild_tensor_v2"), "torch._utils._rebuild_tensor_v2", "pwned"),
+]
+
+
+def _resolve(qualified):
+    import importlib
+
+    module, name = qualified.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("foreign", [True, False], ids=["fallback-loader", "torch-loader"])
+@pytest.mark.parametrize("ops,target,attribute", ATTACKS,
+                         ids=[f"{i}-{t or 'placeholder'}.{a or 'state'}" for i, (_, t, a) in enumerate(ATTACKS)])
+def test_checkpoint_cannot_change_objects_outside_its_data(tmp_path, ops, target, attribute, foreign):
+    """A crafted file may be refused, but loading it must leave every object of the process as
+    it was: afterwards torch.load (and this package's own loaders) return the true tensors."""
+    model = small()
+    benign = tmp_path / "benign.pth"
+    torch.save({"model": model.state_dict()}, benign)
+    obj = _resolve(target) if target else None
+    before = getattr(obj, attribute, "<absent>") if obj is not None else None
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": model.state_dict(), "epoch": 1}, evil)
+    _inject(evil, ops, foreign=foreign)
+    with pytest.raises(CheckpointError, match="refusing to load|not a loadable checkpoint") as info:
+        vmamba.load_checkpoint(fresh_like(model), evil)
+    assert str(evil) in str(info.value)
+
+    if obj is not None:
+        assert getattr(obj, attribute, "<absent>") == before
+    reread = torch.load(benign, weights_only=True)["model"]
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(reread[key], value, rtol=0, atol=0)
+    target_model = fresh_like(model)
+    vmamba.load_checkpoint(target_model, benign)
+    same_output(model, target_model)
+
+
+def test_injected_foreign_class_alone_still_loads(tmp_path):
+    """The injection helper itself is sound: a file that only names an unknown class loads."""
+    model = small()
+    path = tmp_path / "ok.pth"
+    torch.save({"model": model.state_dict()}, path)
+    _inject(path, b"")
+    target = fresh_like(model)
+    vmamba.load_checkpoint(target, path)
+    same_output(model, target)

@@ -1,9 +1,11 @@
 """Reading and writing weights: the authors' checkpoints, this project's, and safetensors files.
 
-Loading never unpickles arbitrary objects: ``.pth`` files go through ``torch.load(...,
-weights_only=True)``. The authors' training checkpoints also pickle their yacs config object;
-such non-tensor objects are rebuilt as inert placeholders (plain dicts that run no code), so the
-weights load without trusting the file.
+Loading never unpickles arbitrary objects and never changes anything outside the returned data:
+``.pth`` files go through ``torch.load(..., weights_only=True)``. Only files that also pickle
+classes torch does not know (the authors' training checkpoints carry their yacs config, mmengine
+files their message hub) are read by a narrowed unpickler that turns those classes into inert
+placeholders (plain dicts that run no code) and allows state to be set only on objects the file
+itself created.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pickle
 import re
 import tempfile
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple
 
@@ -35,23 +38,62 @@ class LoadReport(NamedTuple):
 
 # --- reading ------------------------------------------------------------------------------
 
+# Globals whose presence in a checkpoint can only mean an attempt to run code: refused outright
+# (everything else a file names that torch's weights_only loader does not know becomes an inert
+# placeholder, so refusing is for a clear message, not for safety).
+_REFUSED_MODULES = ("builtins", "__builtin__", "os", "posix", "nt", "subprocess", "sys", "shutil",
+                    "importlib", "runpy", "pickle", "marshal", "types", "socket", "ctypes")
+# mmengine's message hub pickles getattr(HistoryBuffer, 'mean'); as a placeholder it is inert.
+_INERT_BUILTINS = ("builtins.getattr", "__builtin__.getattr")
+
+
 def _placeholder(qualified: str) -> type:
-    """An inert stand-in for the pickled global ``module.Name``: a dict that runs no code."""
+    """An inert stand-in for the pickled global ``module.Name``: a dict that runs no code.
+
+    Called (REDUCE) it records its arguments; its pickled state and items (BUILD, SETITEMS,
+    APPENDS) are stored as entries. Nothing outside the new object is touched.
+    """
     module, _, name = qualified.rpartition(".")
 
     def __init__(self, *args, **kwargs):
         dict.__init__(self, args=list(args), **kwargs)
 
+    def __setstate__(self, state):
+        self["state"] = state
+
+    def append(self, item):
+        self.setdefault("items", []).append(item)
+
+    def extend(self, items):
+        self.setdefault("items", []).extend(items)
+
     return type(name, (dict,), {"__init__": __init__, "__module__": module, "__qualname__": name,
-                                "__setstate__": lambda self, state: self.update(state=state),
+                                "__setstate__": __setstate__, "append": append, "extend": extend,
                                 "__doc__": f"Placeholder for {qualified} found in a checkpoint."})
 
 
-class _PlaceholderUnpickler(pickle.Unpickler):
-    """Resolves torch's allowlisted globals (those of weights_only) and nothing else: every
-    other global becomes an inert placeholder, so no code from the file ever runs."""
+def _refused(qualified: str) -> bool:
+    return qualified.split(".", 1)[0] in _REFUSED_MODULES and qualified not in _INERT_BUILTINS
 
-    _REFUSED = ("builtins.", "os.", "posix.", "nt.", "subprocess.", "sys.", "shutil.", "importlib.")
+
+class _PlaceholderUnpickler(pickle._Unpickler):
+    """An unpickler that resolves torch's weights_only globals and makes every other global an
+    inert placeholder, so that no code from the file runs and nothing outside the returned data
+    changes.
+
+    It is Python's own unpickler with the opcodes that mutate an object on the stack narrowed to
+    what torch's weights_only unpickler allows: BUILD (``__setstate__`` / attribute setting) only
+    on placeholders, plain tensors, parameters and OrderedDicts (a state dict's ``_metadata``);
+    SETITEM(S) only on dicts; APPEND(S) only on lists and placeholders. BUILD on an allowed
+    global itself (a torch function, a class) would otherwise set attributes on objects shared
+    with the rest of the process.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._placeholders: dict[str, type] = {}
 
     def find_class(self, module: str, name: str):
         from torch._weights_only_unpickler import _get_allowed_globals
@@ -60,9 +102,95 @@ class _PlaceholderUnpickler(pickle.Unpickler):
         allowed = _get_allowed_globals()
         if qualified in allowed:
             return allowed[qualified]
-        if qualified.startswith(self._REFUSED):
+        if _refused(qualified):
             raise pickle.UnpicklingError(f"the file asks to call {qualified}; refusing to load it")
-        return _placeholder(qualified)
+        if qualified not in self._placeholders:
+            self._placeholders[qualified] = _placeholder(qualified)
+        return self._placeholders[qualified]
+
+    def _is_placeholder(self, obj) -> bool:
+        return type(obj) in self._placeholders.values()
+
+    def _check_callable(self, opcode: str, func) -> None:
+        """REDUCE / NEWOBJ / OBJ may only call what ``find_class`` handed out."""
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        if not any(func is g for g in (*_get_allowed_globals().values(), *self._placeholders.values())):
+            raise pickle.UnpicklingError(f"the file applies {opcode} to {_describe(func)}; refusing to load it")
+
+    def _load_reduce(self):
+        self._check_callable("REDUCE", self.stack[-2])
+        pickle._Unpickler.load_reduce(self)
+
+    def _load_newobj(self):
+        self._check_callable("NEWOBJ", self.stack[-2])
+        pickle._Unpickler.load_newobj(self)
+
+    def _load_newobj_ex(self):
+        self._check_callable("NEWOBJ_EX", self.stack[-3])
+        pickle._Unpickler.load_newobj_ex(self)
+
+    def _load_obj(self):
+        if self.stack:  # after MARK: the class, then its arguments
+            self._check_callable("OBJ", self.stack[0])
+        pickle._Unpickler.load_obj(self)
+
+    def _load_build(self):
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if self._is_placeholder(inst):
+            inst.__setstate__(state)
+        elif type(inst) is torch.Tensor:
+            inst.set_(*state)
+        elif type(inst) is torch.nn.Parameter:
+            inst.__setstate__(state)
+        elif type(inst) is OrderedDict and isinstance(state, dict):
+            inst.__dict__.update(state)
+        else:
+            raise pickle.UnpicklingError(f"the file sets the state of {_describe(inst)}; refusing to load it")
+
+    def _check_target(self, opcode: str, kinds: tuple) -> None:
+        target = self.stack[-1]
+        if type(target) not in kinds and not self._is_placeholder(target):
+            raise pickle.UnpicklingError(f"the file applies {opcode} to {_describe(target)}; refusing to load it")
+
+    def _load_setitem(self):
+        value, key = self.stack.pop(), self.stack.pop()
+        self._check_target("SETITEM", (dict, OrderedDict))
+        self.stack[-1][key] = value
+
+    def _load_setitems(self):
+        items = self.pop_mark()
+        self._check_target("SETITEMS", (dict, OrderedDict))
+        target = self.stack[-1]
+        for i in range(0, len(items), 2):
+            target[items[i]] = items[i + 1]
+
+    def _load_append(self):
+        value = self.stack.pop()
+        self._check_target("APPEND", (list,))
+        self.stack[-1].append(value)
+
+    def _load_appends(self):
+        items = self.pop_mark()
+        self._check_target("APPENDS", (list,))
+        self.stack[-1].extend(items)
+
+    dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.REDUCE[0]] = _load_reduce
+    dispatch[pickle.NEWOBJ[0]] = _load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
+    dispatch[pickle.OBJ[0]] = _load_obj
+    dispatch[pickle.SETITEM[0]] = _load_setitem
+    dispatch[pickle.SETITEMS[0]] = _load_setitems
+    dispatch[pickle.APPEND[0]] = _load_append
+    dispatch[pickle.APPENDS[0]] = _load_appends
+
+
+def _describe(obj) -> str:
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    module = getattr(obj, "__module__", None) or type(obj).__module__
+    return f"{module}.{name}"
 
 
 class _PlaceholderPickle:
@@ -76,7 +204,8 @@ class _PlaceholderPickle:
 
 
 def _torch_load(path: Path):
-    """``torch.load(weights_only=True)``; pickled non-tensor classes become placeholders."""
+    """``torch.load(weights_only=True)``; only for files that pickle classes it does not know
+    (the authors' yacs config, mmengine's message hub) the placeholder unpickler above."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -84,7 +213,7 @@ def _torch_load(path: Path):
             raise CheckpointError(f"{path}: not a loadable checkpoint ({_last_line(e)})") from None
     except Exception as e:  # noqa: BLE001 - a broken file fails in many ways inside the unpickler
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_last_line(e)})") from None
-    try:  # the file pickles classes weights_only does not know (e.g. the authors' yacs config)
+    try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_PlaceholderPickle)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path}: not a loadable checkpoint ({_last_line(e)})") from None
