@@ -1,4 +1,4 @@
-"""Shared fixtures: golden reference data and small random scan inputs."""
+"""Shared fixtures: golden reference data, small random scan inputs, tiny image folders."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,3 +41,28 @@ def make_scan_inputs(batch=2, channels=8, length=13, n=4, groups=2, dtype=torch.
         t = t.to(torch.float32 if k in ("A", "D", "delta_bias") and dtype != torch.float64 else dtype)
         out[k] = t.requires_grad_(requires_grad)
     return out
+
+
+def _image_folder(root: Path, classes=("cat", "dog"), per_class: int = 8, size: int = 20) -> Path:
+    """train/ and val/ folders of small coloured PNG/JPEG images, one colour tint per class."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                img = rng.integers(0, 100, (size, size, 3), dtype=np.uint8)
+                img[..., c % 3] += 120
+                Image.fromarray(img).save(d / f"{i}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def make_image_folder():
+    """``make_image_folder(root, classes=("cat", "dog"), per_class=8, size=20) -> root``: an
+    ImageFolder layout (train/, val/) of tinted images, one tint per class (needs Pillow)."""
+    pytest.importorskip("PIL")
+    return _image_folder

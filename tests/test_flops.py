@@ -10,7 +10,7 @@ import vmamba
 from vmamba.analysis import count_flops, scan_flops
 from vmamba.cli import main
 
-SPEC_GFLOPS = {  # SPEC-vmamba.md, sections 3 and 4 (224x224)
+SPEC_GFLOPS = {  # the paper's tables (224x224)
     "vanilla_vmamba_tiny": 5.63, "vanilla_vmamba_small": 11.23, "vanilla_vmamba_base": 18.02,
     "vmamba_tiny_s1l8": 4.91, "vmamba_small_s1l20": 8.61, "vmamba_base_s1l20": 15.22,
     "vmamba_tiny_s2l5": 4.86, "vmamba_small_s2l15": 8.72, "vmamba_base_s2l15": 15.36,

@@ -10,7 +10,7 @@ import vmamba
 from conftest import GOLDEN, load_golden
 from vmamba.models import VSSM, VSSMFeatures
 
-SPEC_PARAMS = {  # SPEC-vmamba.md, sections 3 and 4
+SPEC_PARAMS = {  # the authors' release (paper, tables of model sizes)
     "vanilla_vmamba_tiny": 22_893_448, "vanilla_vmamba_small": 44_417_416, "vanilla_vmamba_base": 76_254_056,
     "vmamba_tiny_s1l8": 30_249_064, "vmamba_small_s1l20": 49_012_840, "vmamba_base_s1l20": 86_614_504,
     "vmamba_tiny_s2l5": 30_705_832, "vmamba_small_s2l15": 50_147_752, "vmamba_base_s2l15": 88_557_800,

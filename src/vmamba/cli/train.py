@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model (no arguments: small VMamba on built-in Fashion-MNIST)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="recipe to start from: 'imagenet' is the paper's (spec section 7); 'default' "
+                   help="recipe to start from: 'imagenet' is the paper's ImageNet-1K recipe; 'default' "
                         "(= 'fashion-mnist') the small built-in run (default: %(default)s)")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of option overrides")
     defaults = PRESETS["default"]

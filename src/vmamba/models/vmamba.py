@@ -395,7 +395,7 @@ _V0 = dict(d_state=16, ssm_ratio=2.0, conv_bias=True, z_gate=True, mlp_ratio=0.0
 _V2 = dict(d_state=1, conv_bias=False, z_gate=False, mlp_ratio=4.0,
            patch_embed_version="v2", downsample_version="v3")
 
-# name: (family defaults, depths, dims, ssm_ratio, drop_path_rate) -- spec sections 3 and 4.
+# name: (family defaults, depths, dims, ssm_ratio, drop_path_rate), as in the paper and the authors' release.
 ZOO = {
     "vanilla_vmamba_tiny": (_V0, (2, 2, 9, 2), 96, 2.0, 0.2),
     "vanilla_vmamba_small": (_V0, (2, 2, 27, 2), 96, 2.0, 0.3),

@@ -34,7 +34,7 @@ class TrainConfig:
     drop_path: float = -1.0
     grad_checkpointing: bool = False
     compile: bool = False
-    # optimisation (spec section 7)
+    # optimisation (the paper's ImageNet-1K recipe)
     epochs: int = 300
     train_images: int = 0
     batch_size: int = 128
@@ -132,7 +132,7 @@ HELP = dict(
 
 
 PRESETS = {
-    # The paper's ImageNet-1K recipe (spec section 7) -- the dataclass defaults.
+    # The paper's ImageNet-1K recipe -- the dataclass defaults.
     "imagenet": {},
     # The default run: a 1.5M-parameter VMamba on Fashion-MNIST for a budget of 300k training images
     # (5 epochs of the full set, 30 of the shipped subset); measured in docs/training.md.

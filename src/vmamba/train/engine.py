@@ -22,7 +22,8 @@ from .checkpointing import (export_safetensors, load_training_checkpoint, rng_st
                             set_rng_state)
 from .config import TrainConfig
 from .datasets import ArrayDataset, DataError, build_dataset
-from .reporting import MetricsLog, plot_curves, progress_bar, summary
+from ..utils import progress_bar
+from .reporting import MetricsLog, plot_curves, summary
 from .transforms import BatchAugment, EvalTransform, Mixup, TrainTransform, normalize
 
 
