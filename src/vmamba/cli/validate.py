@@ -56,6 +56,22 @@ def float_range(low: float | None = None, high: float | None = None, low_open: b
 positive_int = int_range(1)
 
 
+def device(text: str) -> str:
+    """An argparse type: a device this machine has ('cuda' without CUDA is refused); 'auto' gives
+    'cuda' when CUDA is available, else 'cpu'."""
+    import torch
+
+    from ..train.config import ConfigError, check_device
+
+    try:
+        check_device(text)
+    except ConfigError as e:  # "--device 'cuda': not allowed; ..." -> "'cuda': not allowed; ..."
+        raise argparse.ArgumentTypeError(str(e).split(" ", 1)[1]) from None
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return text
+
+
 def json_object(text: str) -> dict:
     """An argparse type: a JSON object such as '{"dims": 32}'."""
     try:

@@ -55,7 +55,7 @@ class TrainConfig:
     cutmix: float = 1.0
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
-    randaugment: str = "rand-m9-mstd0.5-inc1"
+    randaugment: str = "rand-m9-mstd0.5"
     color_jitter: float = 0.4
     reprob: float = 0.25
     scale: tuple[float, float] = (0.08, 1.0)
@@ -115,7 +115,8 @@ HELP = dict(
     cutmix="cutmix alpha; 0: off",
     mixup_prob="probability of mixing a batch",
     mixup_switch_prob="probability of cutmix instead of mixup when both are on",
-    randaugment="timm-style RandAugment, e.g. rand-m9-mstd0.5-inc1 (via kornia); '' : off",
+    randaugment="timm-style RandAugment via kornia: rand-m<0..10>[-n<ops>][-mstd<std>][-inc0], e.g. "
+                "rand-m9-mstd0.5 (magnitude noise drawn per batch); inc1 is refused (no kornia counterpart); '': off",
     color_jitter="colour-jitter strength, used only when randaugment is off (as in timm)",
     reprob="random-erasing probability",
     scale="random-resized-crop area range",
@@ -316,7 +317,7 @@ def validate(cfg: TrainConfig) -> None:
         except ValueError as e:
             raise ConfigError(f"--randaugment {cfg.randaugment!r}: {e}") from None
     _check_model(cfg)
-    _check_device(cfg.device)
+    check_device(cfg.device)
     _check_data(cfg.data)
 
 
@@ -339,7 +340,8 @@ def _check_model(cfg: TrainConfig) -> None:
                                                  f"{unknown} are not{hint}")
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
+    """Raise :class:`ConfigError` unless ``device`` is 'auto' or a torch device this machine has."""
     import torch
 
     if device == "auto":
