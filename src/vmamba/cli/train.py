@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import sys
 import typing
 
 from . import UsageError
@@ -63,7 +64,7 @@ def run(args) -> int:
         cfg = make_config(args.preset, args.config, **overrides)
         result = train(cfg)
     except WriteError as e:  # during the run: not a usage error, the last good checkpoint is kept
-        print(f"vmamba train: error: {e}; the last complete checkpoint is kept")
+        print(f"vmamba train: error: {e}; the last complete checkpoint is kept", file=sys.stderr)
         return 1
     except (ValueError, DataError, CheckpointError, FileNotFoundError, OutputError) as e:
         raise UsageError(str(e)) from None

@@ -307,8 +307,8 @@ def validate(cfg: TrainConfig) -> None:
         if isinstance(value, float) and math.isnan(value) or not test(value):
             raise _bad(name, value, allowed)
     if len(cfg.mean) != cfg.in_chans or len(cfg.std) != cfg.in_chans:
-        raise ConfigError(f"--mean {list(cfg.mean)} / --std {list(cfg.std)}: not allowed; expected 1 or "
-                          f"{cfg.in_chans} values each (--in-chans {cfg.in_chans})")
+        raise ConfigError(f"--mean {list(cfg.mean)} / --std {list(cfg.std)}: not allowed; expected "
+                          f"{cfg.in_chans} value(s) each (--in-chans {cfg.in_chans}), or one for all channels")
     if cfg.randaugment:
         from .transforms import parse_randaugment
 
