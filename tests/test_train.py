@@ -48,7 +48,9 @@ def test_train_writes_everything(trained):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert 0 <= rows[-1]["data_wait_share"] <= 1 and rows[-1]["img_per_s"] > 0
-    assert result["test_acc1"] >= 75  # two tints, well above chance after two epochs
+    assert result["split"] == "val" and result["test_acc1"] is None  # train/ and val/ only: no test number
+    assert result["acc1"] == rows[result["best_epoch"] - 1]["val_acc1"]
+    assert result["acc1"] >= 75  # two tints, well above chance after two epochs
     ckpt = torch.load(out / "last.pt", weights_only=True)  # plain types only
     for key in ("model", "config", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "sampler",
                 "args", "class_names"):
@@ -67,9 +69,9 @@ def test_safetensors_export_rebuilds_the_model(trained):
 
 def test_eval_and_predict(trained, folder):
     out, result = trained
-    res = evaluate_checkpoint(out / "last.pt", data=str(folder))
+    res = evaluate_checkpoint(out / "best.pt", data=str(folder))
     assert res["n"] == 16 and set(res["per_class"]) == {"cat", "dog"}
-    assert res["acc1"] == pytest.approx(result["test_acc1"])
+    assert res["acc1"] == pytest.approx(result["acc1"])
     assert res["acc5"] == 100.0  # two classes
     res32 = evaluate_checkpoint(out / "model.safetensors", data=str(folder), img_size=32)  # any resolution
     assert res32["img_size"] == 32
@@ -164,7 +166,8 @@ def test_corrupt_images_are_skipped_and_counted_or_fail_when_strict(tmp_path, ma
     result = train(tiny_config(root, tmp_path / "out", epochs=1))
     rows = [json.loads(x) for x in (tmp_path / "out/metrics.jsonl").read_text().splitlines()]
     assert rows[0]["skipped_images"] == 1
-    assert result["test_acc1"] > 50  # trained on the readable images: above chance
+    assert result["split"] == "val" and result["acc1"] == rows[result["best_epoch"] - 1]["val_acc1"]
+    assert result["acc1"] > 50  # trained on the readable images: above chance
     assert evaluate_checkpoint(tmp_path / "out/last.pt", data=str(root))["skipped"] == 1
     with pytest.raises(DataError, match="broken"):
         train(tiny_config(root, tmp_path / "strict", epochs=1, strict_data=True))

@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from . import UsageError
+from .validate import check_output_folder, int_range, positive_int
+
+# Memory of one image's forward and backward pass per input pixel (a generous estimate for the zoo
+# and the timm peers), and of each loaded input image per pixel (3 float32 channels).
+BYTES_PER_PIXEL_PASS = 4096
+BYTES_PER_PIXEL_IMAGE = 12
 
 
 def add_parser(sub) -> None:
@@ -15,14 +22,37 @@ def add_parser(sub) -> None:
     p.add_argument("model", help="registered model name")
     p.add_argument("--checkpoint", help="trained weights (this project's or the authors')")
     p.add_argument("--images", help="folder of images (default: bundled Fashion-MNIST test images)")
-    p.add_argument("--count", type=int, default=8, help="number of images to average over")
-    p.add_argument("--size", type=int, default=224, help="input side (the paper uses 1024)")
+    p.add_argument("--count", type=positive_int, default=8, help="number of images to average over")
+    p.add_argument("--size", type=int_range(32), default=224,
+                   help="input side, >= 32 (the paper uses 1024); refused when the estimated memory exceeds the machine's")
     p.add_argument("--peers", nargs="*", default=None,
                    help="timm peers (default when timm is installed: resnet50 convnext_tiny swin_tiny deit_small)")
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-classes", type=positive_int, default=1000)
+    p.add_argument("--seed", type=int_range(0), default=0)
     p.add_argument("--out", default="outputs/erf", help="folder for erf.png and erf.json")
     p.set_defaults(func=run)
+
+
+def estimated_bytes(size: int, count: int) -> int:
+    """Memory an ERF at ``size`` x ``size`` over ``count`` images needs, roughly (see the constants)."""
+    return size * size * (BYTES_PER_PIXEL_PASS + count * BYTES_PER_PIXEL_IMAGE)
+
+
+def machine_bytes() -> int | None:
+    """Physical memory of this machine, or None when the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(size: int, count: int) -> None:
+    """Refuse a --size whose estimated memory exceeds the machine's, before any work."""
+    need, have = estimated_bytes(size, count), machine_bytes()
+    if have is not None and need > have:
+        raise UsageError(f"--size {size}: an ERF at {size}x{size} over {count} image(s) needs about "
+                         f"{need / 2**30:,.0f} GiB of memory (estimate), this machine has {have / 2**30:,.0f} GiB; "
+                         f"use a smaller --size (the paper uses 1024)")
 
 
 def _trained_model(args):
@@ -50,8 +80,8 @@ def run(args) -> int:
 
     if args.model not in list_models():
         raise UsageError(f"unknown model {args.model!r}; choose from {', '.join(list_models())}")
-    if args.size < 32 or args.count < 1:
-        raise UsageError("--size must be >= 32 and --count >= 1")
+    check_memory(args.size, args.count)
+    check_output_folder(args.out, "--out")
     try:
         images = load_images(args.images, args.size, args.count)
     except (ValueError, OSError) as e:
