@@ -416,6 +416,8 @@ def resume_checkpoint(cfg: TrainConfig) -> dict | None:
 def load_resumable(path) -> dict:
     """A training checkpoint from ``path``; a clear error for files that hold weights only."""
     path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"--resume {path}: no such file; expected last.pt or best.pt of a vmamba train run")
     if path.is_dir():
         raise ConfigError(f"--resume {path}: a folder; expected last.pt or best.pt of a vmamba train run")
     if path.suffix == ".safetensors":
