@@ -21,7 +21,7 @@ from ..checkpoint import CheckpointError
 from . import distributed as dist
 from .checkpointing import (export_safetensors, load_training_checkpoint, rng_state, save_training_checkpoint,
                             set_rng_state)
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, validate
 from .datasets import ArrayDataset, DataError, build_dataset, class_names, has_test
 from .outdir import RunLock, reported_writes
 from .reporting import MetricsLog, plot_curves, progress_bar, summary
@@ -289,6 +289,7 @@ def train(cfg: TrainConfig) -> dict:
     (the selected weights + metadata), ``metrics.jsonl``/``metrics.csv``, ``curves.png``,
     ``config.json`` and ``result.json`` (the final numbers).
     """
+    validate(cfg)  # make_config did; a TrainConfig built by hand is checked here
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = dist.init_distributed(cfg.device)
