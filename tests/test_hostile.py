@@ -295,16 +295,22 @@ def test_resume_with_other_options_is_refused(finished, folder, change, expected
     assert expected in str(e.value)
 
 
-@pytest.mark.parametrize("weights", ["safetensors", "bare state dict"])
-def test_resume_of_a_weights_only_file_is_a_clear_error(finished, folder, tmp_path, weights, capsys):
+@pytest.mark.parametrize("weights, expected", [
+    ("safetensors", "holds weights only"),
+    ("bare state dict", "holds weights only, not a training state (missing args, epoch, optimizer"),
+    ("missing", "no such file"),
+    ("folder", "a folder"),
+])
+def test_resume_of_a_weights_only_file_is_a_clear_error(finished, folder, tmp_path, weights, expected, capsys):
     out, _ = finished
-    path = out / "model.safetensors"
+    path = {"safetensors": out / "model.safetensors", "bare state dict": tmp_path / "weights.pth",
+            "missing": tmp_path / "nothing.pt", "folder": out}[weights]
     if weights == "bare state dict":
-        path = tmp_path / "weights.pth"
         torch.save({"model": torch.load(out / "last.pt", weights_only=True)["model"]}, path)
     err = usage_error(["train", "--data", str(folder), "--out", str(tmp_path / "new"), "--resume", str(path),
                        *TINY_FLAGS], capsys)
-    assert f"--resume {path}: holds weights only" in err
+    assert f"--resume {path}: {expected}" in err
+    assert "expected last.pt or best.pt of a vmamba train run" in err
 
 
 # --- predict over many files ----------------------------------------------------------------

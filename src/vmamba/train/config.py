@@ -15,6 +15,10 @@ from ..models.vmamba import IMAGENET_MEAN, IMAGENET_STD
 from .datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
 
+class ConfigError(ValueError):
+    """A training option has a value that is not allowed (the message names the flag)."""
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs; each field is also a ``vmamba train --flag`` (see HELP)."""
@@ -197,10 +201,6 @@ def make_config(preset: str = "default", config_file: str | None = None, **overr
     _coerce(cfg)
     validate(cfg)
     return cfg
-
-
-class ConfigError(ValueError):
-    """A training option has a value that is not allowed (the message names the flag)."""
 
 
 def _flag(name: str) -> str:

@@ -21,7 +21,7 @@ from ..checkpoint import CheckpointError
 from . import distributed as dist
 from .checkpointing import (export_safetensors, load_training_checkpoint, rng_state, save_training_checkpoint,
                             set_rng_state)
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, validate
 from .datasets import ArrayDataset, DataError, build_dataset, class_names, has_test
 from .outdir import RunLock, reported_writes
 from ..utils import progress_bar
@@ -290,6 +290,7 @@ def train(cfg: TrainConfig) -> dict:
     (the selected weights + metadata), ``metrics.jsonl``/``metrics.csv``, ``curves.png``,
     ``config.json`` and ``result.json`` (the final numbers).
     """
+    validate(cfg)  # make_config did; a TrainConfig built by hand is checked here
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = dist.init_distributed(cfg.device)
@@ -307,13 +308,12 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def _train(cfg: TrainConfig, device: torch.device) -> dict:
-    main = dist.is_main()
     out = Path(cfg.out)
-    say = print if main else (lambda *a, **k: None)
+    say = print if dist.is_main() else (lambda *a, **k: None)
     seed = cfg.seed + dist.rank()
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
 
-    ckpt = resume_checkpoint(cfg)
+    ckpt = resume_checkpoint(cfg)  # refusals (a run already there, weights only) before any work
     classes = class_names(cfg.data)
     model = build_checked_model(cfg, len(classes)).to(device)  # bad --model-args fail before the data loads
     data = make_loaders(cfg, device)
@@ -322,23 +322,12 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict:
     if ckpt is not None:
         check_same_run(ckpt, cfg)
     run = build_run(cfg, model, len(classes), device, steps_per_epoch(cfg, data.train_loader))
-    log = MetricsLog(out) if main else None
-    if main:
-        with reported_writes(out):
-            for stale in out.glob(".*.tmp"):  # left by a run killed in the middle of a write
-                stale.unlink(missing_ok=True)
     if ckpt is not None:
         restore(run, ckpt)
-        if main:
-            with reported_writes(log.jsonl):
-                log.truncate(ckpt["epoch"] + 1, ckpt.get("metrics") or None)
         say(f"resumed from {cfg.resume if cfg.resume != 'auto' else out / 'last.pt'}: epoch {run.start_epoch} of "
             f"{cfg.epochs} done, step {run.step}" + ("; the run is finished: reporting it again"
                                                     if run.start_epoch >= cfg.epochs else ""))
-    elif main:
-        with reported_writes(log.jsonl):
-            log.truncate(0)
-
+    log = prepare_output(cfg, out, ckpt) if dist.is_main() else None
     params = sum(p.numel() for p in model.parameters())
     say(f"data: {data.train.description}: {len(data.train)} train / {len(data.val)} val"
         + (f" / {len(data.test)} test" if data.test is not None else " (no test split)")
@@ -346,9 +335,6 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict:
     say(f"model: {cfg.model} {json.dumps(cfg.model_args) if cfg.model_args else ''} ({params / 1e6:.2f}M params) "
         f"on {device} x{dist.world_size()}, batch {cfg.batch_size * dist.world_size()}, lr {run.lr:.2e}, "
         f"{cfg.epochs} epochs")
-    if main:
-        with reported_writes(out / "config.json"):
-            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     t0 = time.perf_counter()
     train_model = wrap_for_training(model, cfg, device)
@@ -357,6 +343,23 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict:
         save_epoch(run, cfg, out, epoch, record, is_best, classes, log)
         dist.barrier()
     return finish(run, cfg, out, data, classes, device, log, params, time.perf_counter() - t0)
+
+
+def prepare_output(cfg: TrainConfig, out: Path, ckpt: dict | None) -> MetricsLog:
+    """Rank 0, under the folder's lock: drop temporary files of a killed write, cut the metrics log
+    back to the resumed epoch (or start it afresh), write config.json."""
+    with reported_writes(out):
+        for stale in out.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+    log = MetricsLog(out)
+    with reported_writes(log.jsonl):
+        if ckpt is not None:
+            log.truncate(ckpt["epoch"] + 1, ckpt.get("metrics") or None)
+        else:
+            log.truncate(0)
+    with reported_writes(out / "config.json"):
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    return log
 
 
 def steps_per_epoch(cfg: TrainConfig, loader) -> int:
@@ -417,6 +420,8 @@ def resume_checkpoint(cfg: TrainConfig) -> dict | None:
 def load_resumable(path) -> dict:
     """A training checkpoint from ``path``; a clear error for files that hold weights only."""
     path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"--resume {path}: no such file; expected last.pt or best.pt of a vmamba train run")
     if path.is_dir():
         raise ConfigError(f"--resume {path}: a folder; expected last.pt or best.pt of a vmamba train run")
     if path.suffix == ".safetensors":
