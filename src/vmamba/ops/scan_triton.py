@@ -528,9 +528,9 @@ def self_check(device: torch.device, dtype: torch.dtype) -> str | None:
     :data:`SELF_CHECK_TOL`, else what failed (an exception from compiling or launching, or the
     largest disagreement). The registry runs it once per device and dtype, before first use.
     """
-    # The public ops give the "torch" backend's answer (imported here: they import this module's package).
     from torch.utils._python_dispatch import _disable_current_modes
 
+    # The public ops give the "torch" backend's answer (imported late: the package imports this module).
     from .cross_selective_scan import cross_selective_scan
     from .selective_scan import selective_scan
 
