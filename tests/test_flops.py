@@ -47,6 +47,15 @@ def test_counting_leaves_the_model_alone():
     count_flops(model, size=(32, 32))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.config["scan_backend"] == "auto" and next(model.parameters()).device.type == "cpu"
+    assert all(m.scan_backend == "auto" for m in model.modules() if hasattr(m, "scan_backend"))
+
+
+def test_counting_leaves_the_scan_registry_alone():
+    from vmamba.ops.backends import _BACKENDS
+
+    before = dict(_BACKENDS)
+    count_flops(vmamba.create_model("vmamba_tiny_s1l8", depths=(1, 1, 1, 1), dims=16), size=(32, 32))
+    assert _BACKENDS == before and "flop probe" not in vmamba.ops.available_backends()
 
 
 def test_cli_json(capsys):
