@@ -13,7 +13,9 @@ def add_parser(sub) -> None:
                                    "averaged over images (the paper's ERF). Shown at random initialisation "
                                    "and, with --checkpoint, after training.")
     p.add_argument("model", help="registered model name")
-    p.add_argument("--checkpoint", help="trained weights (this project's or the authors')")
+    p.add_argument("--checkpoint", help="trained weights of MODEL (this project's or the authors'); a file "
+                                        "holding another architecture is refused")
+    p.add_argument("--pretrained", action="store_true", help="the trained map from MODEL's published weights")
     p.add_argument("--images", help="folder of images (default: bundled Fashion-MNIST test images)")
     p.add_argument("--count", type=int, default=8, help="number of images to average over")
     p.add_argument("--size", type=int, default=224, help="input side (the paper uses 1024)")
@@ -26,18 +28,14 @@ def add_parser(sub) -> None:
 
 
 def _trained_model(args):
-    """This project's checkpoints rebuild their own architecture; the authors' need MODEL."""
-    from .. import create_model, load_checkpoint, load_model
-    from ..checkpoint import CheckpointError
+    """(label, model) of the trained weights: --checkpoint (must hold MODEL) or --pretrained."""
+    from ..pretrained import load
 
-    try:
-        return load_model(args.checkpoint)
-    except CheckpointError as e:
-        if "no model config stored" not in str(e):
-            raise
-    model = create_model(args.model, num_classes=args.num_classes)
-    load_checkpoint(model, args.checkpoint, exclude=["classifier.head"])
-    return model
+    if args.checkpoint:
+        loaded = load(args.checkpoint, model=args.model)
+        return f"{args.model} (trained: {Path(args.checkpoint).name})", loaded.model
+    loaded = load(args.model, pretrained=True)
+    return f"{loaded.weights.name} (published)", loaded.model
 
 
 def run(args) -> int:
@@ -50,6 +48,8 @@ def run(args) -> int:
 
     if args.model not in list_models():
         raise UsageError(f"unknown model {args.model!r}; choose from {', '.join(list_models())}")
+    if args.checkpoint and args.pretrained:
+        raise UsageError("give --checkpoint or --pretrained, not both")
     if args.size < 32 or args.count < 1:
         raise UsageError("--size must be >= 32 and --count >= 1")
     try:
@@ -60,12 +60,12 @@ def run(args) -> int:
     maps = {}
     torch.manual_seed(args.seed)
     maps[f"{args.model} (init)"] = erf_map(create_model(args.model, num_classes=args.num_classes), images, True)
-    if args.checkpoint:
+    if args.checkpoint or args.pretrained:
         try:
-            trained = _trained_model(args)
-        except (CheckpointError, FileNotFoundError) as e:
+            label, trained = _trained_model(args)
+        except (CheckpointError, FileNotFoundError, ValueError) as e:
             raise UsageError(str(e)) from None
-        maps[f"{args.model} (trained)"] = erf_map(trained, images, True)
+        maps[label] = erf_map(trained, images, True)
     peers = args.peers if args.peers is not None else (
         ["resnet50", "convnext_tiny", "swin_tiny", "deit_small"] if import_timm() else [])
     for peer in peers:
