@@ -314,3 +314,36 @@ def test_fine_tuning_from_published_weights_with_a_new_head(hub_env, tmp_path):
     start, now = models["model"].layers[2].blocks[0].op.A_logs, tuned.layers[2].blocks[0].op.A_logs
     assert (now - start).abs().max() < 0.05 < (random_model("vmamba_tiny_s1l8", 5).layers[2].blocks[0].op.A_logs
                                                - start).abs().max()
+
+
+def test_erf_refuses_a_checkpoint_of_another_architecture(tmp_path, capsys):
+    from vmamba.cli import main
+
+    path = vmamba.save_weights(random_model("vanilla_vmamba_tiny", 0), tmp_path / "v0.safetensors")
+    with pytest.raises(SystemExit) as e:
+        main(["erf", "vmamba_tiny_s1l8", "--checkpoint", str(path), "--peers", "--size", "32", "--count", "1",
+              "--out", str(tmp_path / "erf")])
+    assert e.value.code == 2
+    assert "holds a vanilla_vmamba_tiny" in capsys.readouterr().err and not (tmp_path / "erf").exists()
+
+
+def test_eval_of_a_published_tag_on_an_imagenet_style_folder(hub_env, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from vmamba.cli import main
+    from vmamba.models.vmamba import ZOO
+
+    monkeypatch.setitem(ZOO, "vmamba_tiny_s1l8", {**ZOO["vmamba_tiny_s1l8"], **TINY})
+    body, _ = authors_file("vmamba_tiny_s1l8")
+    serve(hub_env, "vmamba_tiny_s1l8.in1k", body)
+    for wnid, colour in (("n01440764", (200, 30, 30)), ("n01443537", (20, 200, 90))):
+        (tmp_path / "imagenet" / "val" / wnid).mkdir(parents=True)
+        Image.new("RGB", (64, 48), colour).save(tmp_path / "imagenet" / "val" / wnid / "ILSVRC2012_val_1.JPEG")
+    assert main(["eval", "vmamba_tiny_s1l8.in1k", "--data", str(tmp_path / "imagenet"), "--json"]) == 0
+    import json
+
+    res = json.loads(capsys.readouterr().out)
+    assert res["n"] == 2 and res["reported"] == {"top1": 82.6, "name": "vmamba_tiny_s1l8.in1k"}
+    assert set(res["per_class"]) == {"n01440764", "n01443537"}
+    assert main(["eval", "vmamba_tiny_s1l8.in1k", "--data", str(tmp_path / "imagenet")]) == 0
+    assert "the authors report top-1 82.6% for vmamba_tiny_s1l8.in1k" in capsys.readouterr().out

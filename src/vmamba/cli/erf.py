@@ -57,15 +57,17 @@ def run(args) -> int:
     except (ValueError, OSError) as e:
         raise UsageError(str(e)) from None
 
+    trained = None
+    if args.checkpoint or args.pretrained:  # loaded first: a file that does not fit fails before any work
+        try:
+            trained = _trained_model(args)
+        except (CheckpointError, FileNotFoundError, ValueError) as e:
+            raise UsageError(str(e)) from None
     maps = {}
     torch.manual_seed(args.seed)
     maps[f"{args.model} (init)"] = erf_map(create_model(args.model, num_classes=args.num_classes), images, True)
-    if args.checkpoint or args.pretrained:
-        try:
-            label, trained = _trained_model(args)
-        except (CheckpointError, FileNotFoundError, ValueError) as e:
-            raise UsageError(str(e)) from None
-        maps[label] = erf_map(trained, images, True)
+    if trained is not None:
+        maps[trained[0]] = erf_map(trained[1], images, True)
     peers = args.peers if args.peers is not None else (
         ["resnet50", "convnext_tiny", "swin_tiny", "deit_small"] if import_timm() else [])
     for peer in peers:
