@@ -347,3 +347,37 @@ def test_eval_of_a_published_tag_on_an_imagenet_style_folder(hub_env, tmp_path, 
     assert set(res["per_class"]) == {"n01440764", "n01443537"}
     assert main(["eval", "vmamba_tiny_s1l8.in1k", "--data", str(tmp_path / "imagenet")]) == 0
     assert "the authors report top-1 82.6% for vmamba_tiny_s1l8.in1k" in capsys.readouterr().out
+
+
+class MessageHub(dict):
+    """Stands in for the mmengine message hub that mmengine checkpoints pickle."""
+
+
+def test_published_detection_checkpoint_loads_strictly_into_a_detector(hub_env, monkeypatch):
+    from vmamba.dense import load_dense_checkpoint, read_dense_checkpoint
+    from vmamba.models.vmamba import ZOO
+
+    monkeypatch.setitem(ZOO, "vmamba_tiny_s1l8", {**ZOO["vmamba_tiny_s1l8"], **TINY})
+
+    class Detector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = vmamba.create_model("vmamba_tiny_s1l8", features_only=True)
+            self.neck = torch.nn.Conv2d(16, 8, 1)
+
+    torch.manual_seed(3)
+    trained = Detector()
+    buffer = io.BytesIO()
+    torch.save({"meta": {"epoch": 12, "mmengine_version": "0.10.4"}, "message_hub": MessageHub(log={}),
+                "state_dict": {f"{k}": v for k, v in trained.state_dict().items()}}, buffer)
+    path = serve(hub_env, "vmamba_tiny_s1l8.coco_mask_rcnn_1x", buffer.getvalue())
+    with pytest.raises(ValueError, match="detection checkpoint.*load_dense_checkpoint"):
+        vmamba.create_model("vmamba_tiny_s1l8.coco_mask_rcnn_1x")
+
+    fresh = Detector()
+    assert load_dense_checkpoint(fresh, "vmamba_tiny_s1l8.coco_mask_rcnn_1x") == ([], [])
+    for (k, a), b in zip(fresh.state_dict().items(), trained.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    contents = read_dense_checkpoint("vmamba://vmamba_tiny_s1l8.coco_mask_rcnn_1x")  # mmengine's load_from
+    assert set(contents["state_dict"]) == set(trained.state_dict())
+    assert hub_env.requests == [path] and cache_files() == ["mask_rcnn_vssm_fpn_coco_tiny_s_epoch_12.pth"]
