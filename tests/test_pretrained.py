@@ -381,3 +381,16 @@ def test_published_detection_checkpoint_loads_strictly_into_a_detector(hub_env, 
     contents = read_dense_checkpoint("vmamba://vmamba_tiny_s1l8.coco_mask_rcnn_1x")  # mmengine's load_from
     assert set(contents["state_dict"]) == set(trained.state_dict())
     assert hub_env.requests == [path] and cache_files() == ["mask_rcnn_vssm_fpn_coco_tiny_s_epoch_12.pth"]
+
+
+def test_a_good_file_is_kept_when_only_the_overrides_do_not_fit(hub_env, monkeypatch):
+    from vmamba.models.vmamba import ZOO
+
+    monkeypatch.setitem(ZOO, "vmamba_tiny_s1l8", {**ZOO["vmamba_tiny_s1l8"], **TINY})
+    body, _ = authors_file("vmamba_tiny_s1l8")
+    serve(hub_env, "vmamba_tiny_s1l8.in1k", body)
+    with pytest.raises(vmamba.CheckpointError, match=r"(?s)vmamba_tiny_s1l8.in1k does not fit vmamba_tiny_s1l8 built "
+                                                     r"with \{'in_chans': 1\}.*wrong shape") as e:
+        vmamba.create_model("vmamba_tiny_s1l8", pretrained=True, in_chans=1)
+    assert not isinstance(e.value, DownloadError)
+    assert cache_files() == ["vssm1_tiny_0230s_ckpt_epoch_264.pth"]  # the file itself was fine

@@ -228,13 +228,27 @@ def _load_published(weights: PretrainedWeights, num_classes: int | None, use_ema
     if use_ema is not None and use_ema != (weights.weights == "model_ema"):
         other = get_weights(f"{weights.model}.in1k{'_ema' if use_ema else ''}")
         weights = other
-    net = build_vssm(weights.model, num_classes=weights.num_classes, **_split_features(overrides))
+    arch_overrides = _split_features(overrides)
+    net = build_vssm(weights.model, num_classes=weights.num_classes, **arch_overrides)
+    ema = weights.weights == "model_ema"
 
-    def check(path: Path) -> Path:  # strictly into the named architecture, before it is kept
-        load_checkpoint(net, path, use_ema=weights.weights == "model_ema", name=f"{weights.file} ({path.parent})")
-        return path
+    def check(path: Path) -> CheckpointError | None:  # strictly into the named architecture, before it is kept
+        name = f"{weights.file} ({path.parent})"
+        try:
+            load_checkpoint(net, path, use_ema=ema, name=name)
+        except CheckpointError as e:
+            if not arch_overrides:
+                raise
+            try:  # the file may be fine and the overrides change shapes: keep a good file, report those
+                load_checkpoint(build_vssm(weights.model, num_classes=weights.num_classes), path, use_ema=ema, name=name)
+            except CheckpointError:
+                raise e from None
+            return e
+        return None
 
-    hub.fetch_published(weights, check, progress=progress)
+    mismatch = hub.fetch_published(weights, check, progress=progress)
+    if mismatch is not None:
+        raise CheckpointError(f"{weights.name} does not fit {weights.model} built with {arch_overrides}:\n{mismatch}")
     labels = _imagenet_labels(weights.num_classes)
     net.pretrained_cfg = net.default_cfg = {**net.pretrained_cfg, **weights.preprocessing, **labels,
                                             "tag": weights.tag, "url": weights.url, **weights.metrics}
