@@ -112,11 +112,11 @@ def make_loaders(cfg: TrainConfig, device: torch.device) -> Data:
 # --- model and optimisation ---------------------------------------------------------------
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """``create_model(cfg.model, **cfg.model_args)`` with the data's classes and channels."""
+    """``create_model(cfg.model, pretrained=cfg.pretrained, **cfg.model_args)`` with the data's classes and channels."""
     kwargs = dict(cfg.model_args, num_classes=num_classes, in_chans=cfg.in_chans)
     if cfg.drop_path >= 0:
         kwargs["drop_path_rate"] = cfg.drop_path
-    return create_model(cfg.model, **kwargs)
+    return create_model(cfg.model, pretrained=cfg.pretrained, **kwargs)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
