@@ -19,6 +19,7 @@ FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian's dataset-
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+PATHFINDER = ("pathfinder32", "pathfinder64", "pathfinder32-mini")  # built-in, see vmamba.data.pathfinder
 
 
 class DataError(ValueError):
@@ -140,6 +141,13 @@ def build_dataset(data: str, split: str, transform=None, strict: bool = False):
         x, y = splits["train" if split == "train" else "test"]
         ds = ArrayDataset(x, y, FASHION_MNIST_CLASSES, transform)
         ds.description = desc
+        return ds
+    if data in PATHFINDER:  # generated from a seed: vmamba.data.pathfinder
+        from ..data.pathfinder import CLASSES, load_pathfinder
+
+        x, y = load_pathfinder(data)["train" if split == "train" else "test"]
+        ds = ArrayDataset(x, y, CLASSES, transform)
+        ds.description = f"Pathfinder {data} (generated)"
         return ds
     root = Path(data)
     if not root.is_dir():
