@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order ``vmamba --help`` lists them.
-COMMANDS = ["demo", "models", "train", "evaluate", "predict", "export", "flops", "bench", "erf", "scaling", "dense"]
+COMMANDS = ["demo", "models", "train", "evaluate", "predict", "export", "flops", "bench", "erf", "scaling", "dense", "study"]
 
 
 class UsageError(Exception):
