@@ -62,9 +62,11 @@ def test_builtin_dataset_by_name(tmp_path, monkeypatch):
     monkeypatch.setenv("VMAMBA_CACHE", str(tmp_path))
     load_pathfinder.cache_clear()
     train = build_dataset("pathfinder32-mini", "train")
-    val = build_dataset("pathfinder32-mini", "val")
+    val = build_dataset("pathfinder32-mini", "val")  # held out of the training images, like fashion-mnist's
+    test = build_dataset("pathfinder32-mini", "test")
     size, n_train, n_test = DATASETS["pathfinder32-mini"]
-    assert (len(train), len(val)) == (n_train, n_test)
+    assert (len(train) + len(val), len(test)) == (n_train, n_test)
+    assert len(val) == round(0.1 * n_train)
     assert train.classes == ["separate", "joined"]
     img, label = train[0]
     assert img.size == (size, size) and label in (0, 1)
