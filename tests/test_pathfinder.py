@@ -73,4 +73,5 @@ def test_builtin_dataset_by_name(tmp_path, monkeypatch):
     assert list(tmp_path.glob("pathfinder/pathfinder32-mini-*.npz"))
     load_pathfinder.cache_clear()
     again = build_dataset("pathfinder32-mini", "train")  # from the cache file: the same images
-    np.testing.assert_array_equal(again.images, train.images)
+    np.testing.assert_array_equal(again.base.images, train.base.images)
+    assert again.indices == train.indices
