@@ -29,7 +29,7 @@ def run(args) -> int:
     from ..train import DataError, predict
 
     if os.sep in args.checkpoint and not os.path.exists(args.checkpoint):  # fail before reading any image
-        raise UsageError(f"checkpoint not found: {args.checkpoint}")
+        raise UsageError(f"{args.checkpoint}: no such file or folder")
     images = readable_images(args.images)
     if not images:
         raise UsageError(f"none of the {len(args.images)} image file(s) could be read")
