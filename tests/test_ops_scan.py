@@ -271,11 +271,12 @@ def test_bad_inputs_raise_clear_errors(change, message):
                        delta_softplus=True, z=t["z"])
 
 
-def test_auto_backend_compiles_fullgraph():
-    t = make_scan_inputs(1, 4, 10, 2, 1, dtype=torch.float32)
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_auto_backend_compiles_fullgraph(dynamic):
+    t = make_scan_inputs(2, 4, 10, 2, 1, dtype=torch.float32)
     args = [t[k] for k in ("u", "delta", "A", "B", "C", "D")]
     f = lambda *a: selective_scan(*a[:5], D=a[5], delta_softplus=True)  # noqa: E731
-    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    compiled = torch.compile(f, fullgraph=True, backend="eager", dynamic=dynamic)
     torch.testing.assert_close(compiled(*args), f(*args))
 
 

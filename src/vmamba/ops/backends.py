@@ -113,7 +113,8 @@ def register_backend(
         cross_fn=cross_fn,
     )
     _BACKENDS[name] = backend
-    _self_checks.clear()
+    for key in [k for k in _self_checks if k[0] == name]:  # a new implementation is checked anew
+        del _self_checks[key]
     return backend
 
 
@@ -186,16 +187,16 @@ def self_check_failure(backend: ScanBackend, device: str | torch.device, dtype: 
 
 # ----------------------------------------------------------------------------- resolution
 
-def _resolve(name: str, device: torch.device, dtype: torch.dtype, d_state: int, empty: bool) -> ScanBackend:
+def _candidates(name: str, device: torch.device, dtype: torch.dtype) -> tuple[str, ...]:
+    """The backends that may run a call on ``device`` with ``dtype`` inputs, best first: for
+    ``"auto"`` every available one that takes them and passed its self-check there; a named one
+    alone, after those checks (which raise). A constant for torch.compile (run at trace time)."""
     if name == "auto":
-        for backend in sorted(_BACKENDS.values(), key=lambda b: -b.priority):
-            if (backend.accepts(device.type, dtype, d_state, empty) and _available(backend)
-                    and self_check_failure(backend, device, dtype) is None):
-                return backend
-        raise RuntimeError(f"no selective-scan backend takes {dtype} tensors on {device.type} "
-                           f"with d_state {d_state}{' (empty input)' if empty else ''}")
+        ranked = sorted(_BACKENDS.values(), key=lambda b: -b.priority)
+        return tuple(b.name for b in ranked if b.accepts(device.type, dtype) and _available(b)
+                     and self_check_failure(b, device, dtype) is None)
     backend = get_backend(name)
-    refusal = backend.refusal(device.type, dtype, d_state, empty)
+    refusal = backend.refusal(device.type, dtype)
     if refusal is not None:
         raise ValueError(f"selective-scan backend {name!r} {refusal}; backend='auto' picks one that does")
     if not _available(backend):
@@ -204,18 +205,20 @@ def _resolve(name: str, device: torch.device, dtype: torch.dtype, d_state: int, 
     if failure is not None:
         raise RuntimeError(f"selective-scan backend {name!r} failed its self-check on {device} with {dtype} "
                            f"inputs ({str(failure)[:300]}); use backend='auto' or 'torch'")
-    return backend
-
-
-def _resolved_name(name: str, device: torch.device, dtype: torch.dtype, d_state: int, empty: bool) -> str:
-    """The name of the backend for a call; a constant for torch.compile (decided at trace time)."""
-    return _resolve(name, device, dtype, d_state, empty).name
+    return (name,)
 
 
 # What torch.compiler.assume_constant_result sets; set directly because that function imports
 # torch._dynamo, which would double the time of `import vmamba` (tests/test_ops_scan.py checks
 # that compiling through "auto" still works).
-_resolved_name._dynamo_marked_constant = True
+_candidates._dynamo_marked_constant = True
+
+
+def is_empty(t: torch.Tensor) -> bool:
+    """Whether ``t`` has a zero-size dimension, as backend selection sees it: a size that is
+    symbolic while tracing (a dynamic dimension, which torch.compile and torch.export never make
+    0) counts as non-zero, so the answer is a constant for the traced graph."""
+    return any(isinstance(s, int) and s == 0 for s in t.shape)
 
 
 def resolve_backend(
@@ -230,8 +233,8 @@ def resolve_backend(
     one for ``"auto"``. A :class:`ScanBackend` record (registered or not) is checked and used as is.
 
     Raises ValueError when a named backend's contract does not cover the call, RuntimeError when
-    it is unavailable here or failed its self-check. Under torch.compile the choice is made once,
-    at trace time, and baked into the graph.
+    it is unavailable here or failed its self-check. Under torch.compile the choice is made at
+    trace time (a symbolic d_state is guarded on) and baked into the graph.
     """
     device = torch.device(device)
     if isinstance(backend, ScanBackend):
@@ -239,4 +242,12 @@ def resolve_backend(
         if refusal is not None:
             raise ValueError(f"selective-scan backend {backend.name!r} {refusal}")
         return backend
-    return _BACKENDS[_resolved_name(backend, device, dtype, d_state, empty)]
+    for name in _candidates(backend, device, dtype):
+        record = _BACKENDS[name]
+        refusal = record.refusal(device.type, dtype, d_state, empty)
+        if refusal is None:
+            return record
+        if backend != "auto":
+            raise ValueError(f"selective-scan backend {name!r} {refusal}; backend='auto' picks one that does")
+    raise RuntimeError(f"no selective-scan backend takes {dtype} tensors on {device.type} "
+                       f"with d_state {d_state}{' (empty input)' if empty else ''}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .backends import resolve_backend
+from .backends import is_empty, resolve_backend
 from .cross_scan import check_scan_mode, cross_merge, cross_scan, scan_order
 from .scan_common import size_hint
 from .selective_scan import check_scan_inputs
@@ -68,7 +68,7 @@ def cross_selective_scan(
     # Shapes of A, D, delta_bias checked on (cheap) views standing for the scan sequences.
     check_scan_inputs(x.new_empty(()).expand(b, K * d, h * w), delta.new_empty(()).expand(b, K * d, h * w),
                       A, B.flatten(3), C.flatten(3), D, delta_bias)
-    impl = resolve_backend(backend, x.device, x.dtype, int(A.shape[1]), bool(x.numel() == 0))
+    impl = resolve_backend(backend, x.device, x.dtype, A.shape[1], is_empty(x))
     if impl.cross_fn is not None:
         return impl.cross_fn(x, delta, A, B, C, D=D, delta_bias=delta_bias,
                              delta_softplus=delta_softplus, mode=mode, out_float=out_float)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .backends import register_backend, resolve_backend
+from .backends import is_empty, register_backend, resolve_backend
 from .scan_reference import selective_scan_reference
 from .scan_torch import selective_scan_torch
 
@@ -112,7 +112,7 @@ def selective_scan(
         y, (batch, D, L); or (y, last_state) when ``return_last_state``.
     """
     B, C = check_scan_inputs(u, delta, A, B, C, D, delta_bias, z)
-    impl = resolve_backend(backend, u.device, u.dtype, int(A.shape[1]), bool(u.numel() == 0))
+    impl = resolve_backend(backend, u.device, u.dtype, A.shape[1], is_empty(u))
     return impl.fn(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus,
                    z=z, return_last_state=return_last_state, out_float=out_float)
 
