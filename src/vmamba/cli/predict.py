@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import UsageError
@@ -25,6 +26,8 @@ def run(args) -> int:
     from ..checkpoint import CheckpointError
     from ..train import DataError, predict
 
+    if not os.path.exists(args.checkpoint):  # before reading any image
+        raise UsageError(f"checkpoint not found: {args.checkpoint}")
     images = readable_images(args.images)
     if not images:
         raise UsageError(f"none of the {len(args.images)} image file(s) could be read")
