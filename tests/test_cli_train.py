@@ -13,8 +13,6 @@ pytest.importorskip("PIL")
 
 from vmamba.cli import main  # noqa: E402
 
-from test_train import make_image_folder  # noqa: E402
-
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY_FLAGS = ["--img-size", "16", "--in-chans", "3", "--batch-size", "4", "--model-args",
               '{"dims": 8, "depths": [1, 1], "d_state": 4}', "--drop-path", "0", "--no-progress",
@@ -51,7 +49,7 @@ def test_bad_arguments_are_usage_errors(argv, message, capsys):
     assert message in err and "Traceback" not in err
 
 
-def test_train_eval_predict_commands(tmp_path, capsys):
+def test_train_eval_predict_commands(tmp_path, capsys, make_image_folder):
     data = make_image_folder(tmp_path / "data", per_class=4)
     out = tmp_path / "run"
     assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "1", *TINY_FLAGS]) == 0
@@ -73,7 +71,7 @@ def test_python_dash_m_vmamba_train_help():
 
 
 @pytest.mark.slow
-def test_ddp_two_gloo_processes(tmp_path):
+def test_ddp_two_gloo_processes(tmp_path, make_image_folder):
     data = make_image_folder(tmp_path / "data", per_class=6)
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

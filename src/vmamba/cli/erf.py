@@ -20,7 +20,9 @@ def add_parser(sub) -> None:
                                    "averaged over images (the paper's ERF). Shown at random initialisation "
                                    "and, with --checkpoint, after training.")
     p.add_argument("model", help="registered model name")
-    p.add_argument("--checkpoint", help="trained weights (this project's or the authors')")
+    p.add_argument("--checkpoint", help="trained weights of MODEL (this project's or the authors'); a file "
+                                        "holding another architecture is refused")
+    p.add_argument("--pretrained", action="store_true", help="the trained map from MODEL's published weights")
     p.add_argument("--images", help="folder of images (default: bundled Fashion-MNIST test images)")
     p.add_argument("--count", type=positive_int, default=8, help="number of images to average over")
     p.add_argument("--size", type=int_range(32), default=224,
@@ -56,18 +58,14 @@ def check_memory(size: int, count: int) -> None:
 
 
 def _trained_model(args):
-    """This project's checkpoints rebuild their own architecture; the authors' need MODEL."""
-    from .. import create_model, load_checkpoint, load_model
-    from ..checkpoint import CheckpointError
+    """(label, model) of the trained weights: --checkpoint (must hold MODEL) or --pretrained."""
+    from ..pretrained import load
 
-    try:
-        return load_model(args.checkpoint)
-    except CheckpointError as e:
-        if "no model config stored" not in str(e):
-            raise
-    model = create_model(args.model, num_classes=args.num_classes)
-    load_checkpoint(model, args.checkpoint, exclude=["classifier.head"])
-    return model
+    if args.checkpoint:
+        loaded = load(args.checkpoint, model=args.model)
+        return f"{args.model} (trained: {Path(args.checkpoint).name})", loaded.model
+    loaded = load(args.model, pretrained=True)
+    return f"{loaded.weights.name} (published)", loaded.model
 
 
 def run(args) -> int:
@@ -80,6 +78,8 @@ def run(args) -> int:
 
     if args.model not in list_models():
         raise UsageError(f"unknown model {args.model!r}; choose from {', '.join(list_models())}")
+    if args.checkpoint and args.pretrained:
+        raise UsageError("give --checkpoint or --pretrained, not both")
     check_memory(args.size, args.count)
     check_output_folder(args.out, "--out")
     try:
@@ -87,15 +87,17 @@ def run(args) -> int:
     except (ValueError, OSError) as e:
         raise UsageError(str(e)) from None
 
+    trained = None
+    if args.checkpoint or args.pretrained:  # loaded first: a file that does not fit fails before any work
+        try:
+            trained = _trained_model(args)
+        except (CheckpointError, FileNotFoundError, ValueError) as e:
+            raise UsageError(str(e)) from None
     maps = {}
     torch.manual_seed(args.seed)
     maps[f"{args.model} (init)"] = erf_map(create_model(args.model, num_classes=args.num_classes), images, True)
-    if args.checkpoint:
-        try:
-            trained = _trained_model(args)
-        except (CheckpointError, FileNotFoundError) as e:
-            raise UsageError(str(e)) from None
-        maps[f"{args.model} (trained)"] = erf_map(trained, images, True)
+    if trained is not None:
+        maps[trained[0]] = erf_map(trained[1], images, True)
     peers = args.peers if args.peers is not None else (
         ["resnet50", "convnext_tiny", "swin_tiny", "deit_small"] if import_timm() else [])
     for peer in peers:

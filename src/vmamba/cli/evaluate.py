@@ -11,9 +11,12 @@ from .validate import device, float_range, int_range, positive_int
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="accuracy of a checkpoint on a dataset (top-1, top-5, per class)",
                        description=__doc__)
-    p.add_argument("checkpoint", help="a training checkpoint (.pt), exported .safetensors, a save_pretrained folder, or the authors' .pth")
+    p.add_argument("checkpoint", metavar="SOURCE",
+                   help="a published model (NAME or NAME.TAG, see `vmamba models`), a training checkpoint (.pt), "
+                   "exported .safetensors, a save_pretrained folder, the authors' .pth (with --model) or a URL")
     p.add_argument("--data", default="fashion-mnist",
-                   help="'fashion-mnist' (built-in) or an ImageFolder root with val/<class>/* (default: %(default)s)")
+                   help="'fashion-mnist' (built-in) or an ImageFolder root with val/<class>/* "
+                        "(ImageNet: val/<wnid>/*.JPEG) (default: %(default)s)")
     p.add_argument("--split", choices=("train", "val", "test"), default=None,
                    help="split to evaluate (default: test when the data has one, else val; the built-in set's "
                         "val is the part of its training images that runs hold out)")
@@ -49,6 +52,9 @@ def run(args) -> int:
     print(f"{res['data']}: {res['n']} images at {res['img_size']}px"
           + (f" ({res['skipped']} unreadable, skipped)" if res["skipped"] else ""))
     print(f"top-1 {res['acc1']:.2f}%  top-5 {res['acc5']:.2f}%  loss {res['loss']:.4f}")
+    reported = res.get("reported") or {}
+    if "top1" in reported:
+        print(f"the authors report top-1 {reported['top1']:.1f}% for {reported['name']} (ImageNet-1k val, 224px)")
     per_class = sorted(res["per_class"].items(), key=lambda kv: kv[1])
     shown = per_class if args.per_class else per_class[:5]
     print("per-class accuracy" + ("" if args.per_class else " (5 worst; --per-class for all)") + ":")

@@ -24,8 +24,10 @@ def add_parser(sub) -> None:
                        description="Exports trace the portable 'torch' scan; the batch is dynamic unless "
                                    "--batch is given. With --dynamic-size the file accepts any height and "
                                    "width that are multiples of 32; otherwise only --size.")
-    p.add_argument("model", help="registered model name (see `vmamba models`), a save_pretrained folder, "
-                                 "or a file written by vmamba (training checkpoint, .safetensors)")
+    p.add_argument("model", help="registered model name (see `vmamba models`), a published NAME.TAG, a "
+                                 "save_pretrained folder, a file written by vmamba (training checkpoint, "
+                                 ".safetensors) or a URL")
+    p.add_argument("--pretrained", action="store_true", help="a model name: with its published ImageNet weights")
     p.add_argument("--checkpoint", help="weights to load into the named model (e.g. the authors' .pth)")
     p.add_argument("--ema", action="store_true", help="take the checkpoint's EMA weights")
     p.add_argument("--num-classes", type=int_range(0), help="classes of the head (default: the model's / checkpoint's)")
@@ -44,21 +46,21 @@ def add_parser(sub) -> None:
 
 
 def _load(args):
-    from .. import create_model, list_models, load_checkpoint
+    """The model to export, through the one loader (vmamba.load)."""
+    from ..checkpoint import CheckpointError
+    from ..pretrained import load
 
-    kw = {"num_classes": args.num_classes} if args.num_classes else {}
-    if os.path.exists(args.model):
+    if args.checkpoint and (args.pretrained or "." in args.model or "/" in args.model):
+        raise UsageError("--checkpoint goes with a model name (not a saved model, a tag or --pretrained)")
+    try:
         if args.checkpoint:
-            raise UsageError("--checkpoint goes with a model name, not with a saved model")
-        from ..train.inference import load_for_inference
-
-        return load_for_inference(args.model, num_classes=args.num_classes, use_ema=args.ema or None)[0]
-    if args.model not in list_models():
-        raise UsageError(f"unknown model {args.model!r}: not a file or folder, and not one of {', '.join(list_models())}")
-    model = create_model(args.model, **kw)
-    if args.checkpoint:
-        load_checkpoint(model, args.checkpoint, use_ema=args.ema)
-    return model.eval()
+            loaded = load(args.checkpoint, model=args.model, num_classes=args.num_classes, use_ema=args.ema or None)
+        else:
+            loaded = load(args.model, pretrained=args.pretrained, num_classes=args.num_classes,
+                          use_ema=args.ema or None)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    return loaded.model.eval()
 
 
 def verify(exported, model, size, batch, dynamic_size: bool, tolerance: float) -> list[tuple]:

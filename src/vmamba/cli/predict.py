@@ -11,7 +11,9 @@ from .validate import device, positive_int
 
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="top-k classes of image files", description=__doc__)
-    p.add_argument("checkpoint", help="a training checkpoint (.pt), exported .safetensors, a save_pretrained folder, or the authors' .pth")
+    p.add_argument("checkpoint", metavar="SOURCE",
+                   help="a published model (NAME or NAME.TAG, see `vmamba models`), a training checkpoint (.pt), "
+                   "exported .safetensors, a save_pretrained folder, the authors' .pth (with --model) or a URL")
     p.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
     p.add_argument("--topk", type=positive_int, default=5, help="classes to show per image (default: %(default)s)")
     p.add_argument("--model", help="architecture, for checkpoints that store no config (the authors')")
@@ -26,7 +28,7 @@ def run(args) -> int:
     from ..checkpoint import CheckpointError
     from ..train import DataError, predict
 
-    if not os.path.exists(args.checkpoint):  # before reading any image
+    if os.sep in args.checkpoint and not os.path.exists(args.checkpoint):  # fail before reading any image
         raise UsageError(f"checkpoint not found: {args.checkpoint}")
     images = readable_images(args.images)
     if not images:

@@ -38,10 +38,11 @@ class TrainConfig:
     # model
     model: str = "vmamba_tiny_s1l8"
     model_args: dict = field(default_factory=dict)
+    pretrained: bool = False
     drop_path: float = -1.0
     grad_checkpointing: bool = False
     compile: bool = False
-    # optimisation (the paper's ImageNet recipe)
+    # optimisation (the paper's ImageNet-1K recipe)
     epochs: int = 300
     train_images: int = 0
     batch_size: int = 128
@@ -98,6 +99,7 @@ HELP = dict(
                  "has no val split of its own (the built-in set; a folder without val/)",
     model="architecture, one of `vmamba models`",
     model_args='JSON overrides for create_model, e.g. \'{"dims": 32, "depths": [1, 1, 2, 1]}\'',
+    pretrained="start from the model's published ImageNet weights (downloaded once; a new head for your classes)",
     drop_path="stochastic-depth rate; -1: the model's own (per model, as in the paper)",
     grad_checkpointing="recompute blocks in the backward pass to save memory",
     compile="torch.compile the model",

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+from ..utils import IMAGE_EXTENSIONS
 BUILTIN = "fashion-mnist"
+PATHFINDER = ("pathfinder32", "pathfinder64", "pathfinder32-mini")  # built-in, see vmamba.data.pathfinder
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian's dataset-fashion-mnist
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -128,7 +129,8 @@ def load_fashion_mnist(full: bool | None = None) -> tuple[dict, str]:
     return splits, "Fashion-MNIST (subset shipped with vmamba)"
 
 
-BUILTIN_NAMES = (BUILTIN, f"{BUILTIN}-full", f"{BUILTIN}-subset")
+FASHION_NAMES = (BUILTIN, f"{BUILTIN}-full", f"{BUILTIN}-subset")
+BUILTIN_NAMES = FASHION_NAMES + PATHFINDER
 SPLIT_SEED = 0  # the held-out validation split is the same for every run and --seed
 
 
@@ -175,6 +177,10 @@ def has_test(data: str) -> bool:
 
 def class_names(data: str) -> list[str]:
     """The class names of the data, cheaply (no image files listed): for building the model first."""
+    if data in PATHFINDER:
+        from ..data.pathfinder import CLASSES
+
+        return list(CLASSES)
     if data in BUILTIN_NAMES:
         return list(FASHION_MNIST_CLASSES)
     root = _folder_root(data) / "train"
@@ -200,6 +206,13 @@ def build_dataset(data: str, split: str, transform=None, strict: bool = False, v
     """
     if split not in ("train", "val", "test"):
         raise DataError(f"split {split!r}: expected train, val or test")
+    if data in PATHFINDER:  # generated from a seed: vmamba.data.pathfinder
+        from ..data.pathfinder import CLASSES, load_pathfinder
+
+        x, y = load_pathfinder(data)["test" if split == "test" else "train"]
+        ds = ArrayDataset(x, y, CLASSES, transform)
+        ds.description = f"Pathfinder {data} (generated)"
+        return ds if split == "test" else _held_out(ds, split, val_fraction, ds.description)
     if data in BUILTIN_NAMES:
         full = {BUILTIN: None, f"{BUILTIN}-full": True, f"{BUILTIN}-subset": False}[data]
         splits, desc = load_fashion_mnist(full)

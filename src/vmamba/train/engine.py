@@ -24,7 +24,8 @@ from .checkpointing import (export_safetensors, load_training_checkpoint, rng_st
 from .config import ConfigError, TrainConfig, validate
 from .datasets import ArrayDataset, DataError, build_dataset, class_names, has_test
 from .outdir import RunLock, reported_writes
-from .reporting import MetricsLog, plot_curves, progress_bar, summary
+from ..utils import progress_bar
+from .reporting import MetricsLog, plot_curves, summary
 from .transforms import BatchAugment, EvalTransform, Mixup, TrainTransform, normalize
 
 
@@ -111,11 +112,11 @@ def make_loaders(cfg: TrainConfig, device: torch.device) -> Data:
 # --- model and optimisation ---------------------------------------------------------------
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """``create_model(cfg.model, **cfg.model_args)`` with the data's classes and channels."""
+    """``create_model(cfg.model, pretrained=cfg.pretrained, **cfg.model_args)`` with the data's classes and channels."""
     kwargs = dict(cfg.model_args, num_classes=num_classes, in_chans=cfg.in_chans)
     if cfg.drop_path >= 0:
         kwargs["drop_path_rate"] = cfg.drop_path
-    return create_model(cfg.model, **kwargs)
+    return create_model(cfg.model, pretrained=cfg.pretrained, **kwargs)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
