@@ -38,7 +38,7 @@ def test_help(command, capsys):
     (["train", "--preset", "nope"], "invalid choice"),
     (["train", "--data", "/does/not/exist"], "not a folder"),
     (["train", "--amp", "sometimes"], "--amp 'sometimes': not allowed; expected auto, on or off"),
-    (["eval", "/does/not/exist.pt"], "checkpoint not found"),
+    (["eval", "/does/not/exist.pt"], "/does/not/exist.pt: no such file"),
     (["predict", "/does/not/exist.pt", "x.png"], "checkpoint not found"),
 ])
 def test_bad_arguments_are_usage_errors(argv, message, capsys):
