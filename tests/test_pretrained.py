@@ -299,17 +299,25 @@ def test_predict_prints_imagenet_class_names(hub_env, tmp_path, capsys, monkeypa
     assert [line.split("%  ", 1)[1] for line in out[1:]] == [names[i] for i in top]
 
 
+@pytest.mark.slow  # a whole (tiny) training run: imports dynamo and matplotlib
 def test_fine_tuning_from_published_weights_with_a_new_head(hub_env, tmp_path):
+    from PIL import Image
+
     from vmamba.train import make_config, train
 
     body, models = authors_file("vmamba_tiny_s1l8")
     serve(hub_env, "vmamba_tiny_s1l8.in1k", body)
-    cfg = make_config("default", model="vmamba_tiny_s1l8", pretrained=True, model_args=dict(TINY), in_chans=3,
-                      epochs=1, max_steps_per_epoch=2, batch_size=8, img_size=32, out=str(tmp_path / "run"),
-                      workers=0, progress=False, ema=False)
+    for split in ("train", "val"):  # a 2-class RGB ImageFolder, 4 images per class
+        for label, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+            (tmp_path / "data" / split / label).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (40, 40), tuple(c + 8 * i for c in colour)).save(tmp_path / "data" / split / label / f"{i}.png")
+    cfg = make_config("default", data=str(tmp_path / "data"), model="vmamba_tiny_s1l8", pretrained=True,
+                      model_args=dict(TINY), in_chans=3, img_size=32, epochs=1, max_steps_per_epoch=2, batch_size=4,
+                      out=str(tmp_path / "run"), workers=0, progress=False, ema=False)
     train(cfg)
     tuned = vmamba.load(tmp_path / "run" / "model.safetensors").model
-    assert tuned.num_classes == 10 and tuned.in_chans == 3
+    assert tuned.num_classes == 2 and tuned.in_chans == 3
     # the blocks start from the published weights (two small steps move them only a little)
     start, now = models["model"].layers[2].blocks[0].op.A_logs, tuned.layers[2].blocks[0].op.A_logs
     assert (now - start).abs().max() < 0.05 < (random_model("vmamba_tiny_s1l8", 5).layers[2].blocks[0].op.A_logs

@@ -59,7 +59,7 @@ def test_train_writes_everything(trained):
 
 
 def test_safetensors_export_rebuilds_the_model(trained):
-    from vmamba.checkpoint import load_model
+    from vmamba import load_model
 
     out, _ = trained
     model = load_model(out / "model.safetensors")

@@ -169,20 +169,20 @@ def load(source: str | os.PathLike, *, pretrained: bool = True, model: str | Non
         overrides["features_only"] = True
     if hub.is_url(text):
         return _load_url(text, model, num_classes, use_ema, progress, overrides)
-    if text.startswith("local-dir:") or Path(text).is_dir():
-        if model is not None:
-            raise ValueError(f"{text}: a save_pretrained folder brings its own architecture; model={model!r} does not apply")
-        return _load_folder(Path(text.removeprefix("local-dir:")), num_classes, overrides)
-    if Path(text).is_file():
-        return _load_file(Path(text), model, num_classes, use_ema, overrides)
     name, tag = split_tag(text)
-    if registry.is_model(name):
+    if registry.is_model(text) or (registry.is_model(name) and not Path(text).exists()):  # names before paths
         if model is not None and model != name:
             raise ValueError(f"source {text!r} and model={model!r} name different architectures")
         if tag is None and not pretrained:
             net = _build(name, num_classes, overrides)
             return Loaded(net, _preprocessing_of(net), None)
         return _load_published(get_weights(text), num_classes, use_ema, progress, overrides)
+    if text.startswith("local-dir:") or Path(text).is_dir():
+        if model is not None:
+            raise ValueError(f"{text}: a save_pretrained folder brings its own architecture; model={model!r} does not apply")
+        return _load_folder(Path(text.removeprefix("local-dir:")), num_classes, overrides)
+    if Path(text).is_file():
+        return _load_file(Path(text), model, num_classes, use_ema, overrides)
     if any(c in text for c in "/\\") or Path(text).suffix:
         raise FileNotFoundError(f"{text}: no such file or folder")
     raise ValueError(registry.unknown_model_message(name) + " (and no such file, folder or URL)")

@@ -63,9 +63,9 @@ def _trained_model(args):
 
     if args.checkpoint:
         loaded = load(args.checkpoint, model=args.model)
-        return f"{args.model} (trained: {Path(args.checkpoint).name})", loaded.model
+        return f"{args.model} (trained)", loaded.model
     loaded = load(args.model, pretrained=True)
-    return f"{loaded.weights.name} (published)", loaded.model
+    return f"{loaded.weights.name} (trained)", loaded.model
 
 
 def run(args) -> int:

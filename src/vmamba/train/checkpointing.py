@@ -71,7 +71,7 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict:
 
 def export_safetensors(model: torch.nn.Module, path: str | os.PathLike, class_names: list[str],
                        data_config: dict, **extra) -> None:
-    """Write the weights as safetensors whose metadata rebuilds the model (``vmamba.checkpoint.load_model``)
+    """Write the weights as safetensors whose metadata rebuilds the model (``vmamba.load_model``)
     and its inputs: ``vmamba_config``, ``class_names`` and ``data_config`` (JSON strings)."""
     metadata = {"class_names": json.dumps(class_names), "data_config": json.dumps(data_config)}
     metadata.update({k: json.dumps(v) for k, v in extra.items()})
