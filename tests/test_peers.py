@@ -87,9 +87,12 @@ def test_isa_names_and_plan():
 
 
 def test_run_interleaves_models_and_reports_ratios(fake_models):
+    saved = []
     run = peers.run_peers(zoo=["vmamba_tiny_s1l8"], peers=["swin_tiny", "fixed_size"], sizes=[32, 48],
-                          batches=[1, 2], threads=[1], modes=["infer", "train"], rounds=2, warmup=0, memory=False)
+                          batches=[1, 2], threads=[1], modes=["infer", "train"], rounds=2, warmup=0, memory=False,
+                          on_progress=lambda partial: saved.append(len(partial.results)))
     assert len(run.results) == 3 * 2 * 2 * 2
+    assert saved == [3, 6, 9, 12, 15, 18, 21, 24]  # called after every configuration
     ok = [r for r in run.results if r.ok]
     assert all(r.rounds == 2 and r.img_per_s > 0 and r.p25_s <= r.median_s <= r.p75_s for r in ok)
     failed = [r for r in run.results if not r.ok]

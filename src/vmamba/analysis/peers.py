@@ -406,8 +406,12 @@ def plan(sizes, batches, threads, modes, max_pixels: int = 0) -> tuple[list[tupl
 
 def run_peers(zoo=DEFAULT_ZOO, peers=tuple(PEERS), sizes=(224,), batches=(1,), threads=(1,), modes=MODES,
               rounds: int = 5, warmup: int = 1, memory: bool = True, max_pixels: int = 0,
-              preload: str | None = None, log: Callable[[str], None] | None = None) -> PeerRun:
-    """Measure every zoo model and peer in every configuration; see the module docstring."""
+              preload: str | None = None, log: Callable[[str], None] | None = None,
+              on_progress: Callable[[PeerRun], None] | None = None) -> PeerRun:
+    """Measure every zoo model and peer in every configuration; see the module docstring.
+
+    ``on_progress`` is called with the run so far after each configuration (e.g. to save it).
+    """
     log = log or (lambda text: None)
     notes = []
     timm, why = (None, None)
@@ -455,6 +459,8 @@ def run_peers(zoo=DEFAULT_ZOO, peers=tuple(PEERS), sizes=(224,), batches=(1,), t
                         row.img_per_s, row.rounds = batch / med, len(times[name])
                         row.cpu_use = cpu_ratio / t
                     result.results.append(row)
+                if on_progress:
+                    on_progress(result)
             del built
             gc.collect()
     finally:

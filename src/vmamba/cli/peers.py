@@ -97,13 +97,19 @@ def run(args) -> int:
     over = [t for t in settings["threads"] if t > _cpus()]
     if over:
         print(f"warning: --threads {' '.join(map(str, over))} exceeds the {_cpus()} CPUs available", file=sys.stderr)
+    def save(partial) -> None:  # after every configuration, so an interrupted run keeps what it measured
+        if args.json:
+            write_json(partial, args.json)
+        if args.csv:
+            write_csv(partial, args.csv)
+
     run_ = run_peers(zoo=args.models, peers=args.peers, sizes=settings["sizes"], batches=settings["batches"],
                      threads=settings["threads"], modes=args.modes, rounds=settings["rounds"], warmup=args.warmup,
                      memory=args.memory, max_pixels=args.max_pixels, preload=args.preload,
-                     log=lambda text: print(text, file=sys.stderr, flush=True))
+                     log=lambda text: print(text, file=sys.stderr, flush=True), on_progress=save)
     print(format_report(run_), end="")
-    if args.json:
-        print(f"wrote {write_json(run_, args.json)}")
-    if args.csv:
-        print(f"wrote {write_csv(run_, args.csv)}")
+    save(run_)
+    for path in (args.json, args.csv):
+        if path:
+            print(f"wrote {path}")
     return 0
