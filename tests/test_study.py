@@ -153,7 +153,7 @@ def test_peers_are_built_at_the_same_flops(timm_via_shim):
     from vmamba.models import create_model
     from vmamba.study.peers import FLOP_TOLERANCE, PEERS, model_flops
 
-    plan = make_plan("peers", "micro")
+    plan = make_plan("peers", "quick")
     goal = model_flops(plan.configs["VMamba v2"]["model"], plan.configs["VMamba v2"]["model_args"], 32, 1)
     for name in PEERS:
         cfg = plan.configs[name]
