@@ -16,19 +16,20 @@ ERF_SCALE = 4  # ERFs are measured at 4x the training size, so the last stage ha
 RESOLUTION_SCALES = (1, 2, 3, 4)
 
 
-def cross_ratio(erf: np.ndarray) -> float:
-    """How cross-shaped an ERF is: its mean on the centre row and column (a band of side/32,
-    at least 1 pixel either side) over its mean elsewhere, both outside the central
-    side/4 square that every model covers. 1: no cross; the paper's cross-scan ERF is > 1."""
+def cross_ratio(erf: np.ndarray, sector_deg: float = 7.5) -> float:
+    """How cross-shaped an ERF is: its mean near the centre row and column over its mean near
+    the diagonals, at the same distances from the centre (a ring from side/8 to side/2; sectors
+    of +-``sector_deg``). 1: no preferred direction; > 1: a cross, as the paper shows for VMamba."""
     h, w = erf.shape
     yy, xx = np.mgrid[:h, :w]
-    dy, dx = np.abs(yy - h // 2), np.abs(xx - w // 2)
-    band, r = max(1, min(h, w) // 32), min(h, w) // 8
-    outside = ~((dy <= r) & (dx <= r))
-    on_cross = ((dy <= band) | (dx <= band)) & outside
-    off_cross = ~((dy <= band) | (dx <= band)) & outside
-    off = erf[off_cross].mean()
-    return float(erf[on_cross].mean() / off) if off > 0 else float("inf")
+    dy, dx = yy - h // 2, xx - w // 2
+    r = np.hypot(dy, dx)
+    ring = (r >= min(h, w) / 8) & (r <= min(h, w) / 2)
+    angle = np.degrees(np.arctan2(np.abs(dy), np.abs(dx)))  # 0..90
+    axes = ring & ((angle <= sector_deg) | (angle >= 90 - sector_deg))
+    diagonals = ring & (np.abs(angle - 45) <= sector_deg)
+    off = erf[diagonals].mean()
+    return float(erf[axes].mean() / off) if off > 0 else float("inf")
 
 
 def num_classes(run_dir: Path) -> int:

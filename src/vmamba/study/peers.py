@@ -16,10 +16,18 @@ from ..models.registry import register_model
 
 FLOP_TOLERANCE = 0.10
 PEERS = {"ResNet": "study_resnet", "ConvNeXt": "study_convnext", "DeiT": "study_deit", "Swin": "study_swin"}
-WIDTHS = {  # candidate widths per peer (ViT/Swin: multiples of the head size 8)
-    "study_resnet": range(4, 97), "study_convnext": range(4, 97),
-    "study_deit": range(8, 257, 8), "study_swin": range(8, 129, 8),
+WIDTHS = {  # candidate widths per peer (FLOPs grow with the width)
+    "study_resnet": range(4, 129), "study_convnext": range(4, 129),
+    "study_deit": range(8, 257), "study_swin": range(8, 129),
 }
+
+
+def _heads(dim: int) -> int:
+    """Attention heads for ``dim`` channels: about 8 channels a head, dividing ``dim``."""
+    h = max(1, dim // 8)
+    while dim % h:
+        h -= 1
+    return h
 
 
 class PeerUnavailable(RuntimeError):
@@ -73,15 +81,16 @@ def build_peer(kind: str, width: int = 16, num_classes: int = 2, in_chans: int =
     common = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate)
     dims = tuple(width * 2 ** i for i in range(4))
     if kind == "study_resnet":
-        net = resnet.ResNet(resnet.BasicBlock, (1, 1, 2, 1), channels=dims, stem_width=width, **common)
+        net = resnet.ResNet(resnet.BasicBlock, (1, 1, 2, 1), channels=dims, stem_type="deep",
+                            stem_width=width // 2, **common)  # deep stem: 3x3 convs ending at `width`
     elif kind == "study_convnext":
         net = convnext.ConvNeXt(depths=(1, 1, 2, 1), dims=dims, **common)
     elif kind == "study_deit":
-        net = vit.VisionTransformer(img_size=img_size, patch_size=4, embed_dim=width, depth=4, num_heads=width // 8,
+        net = vit.VisionTransformer(img_size=img_size, patch_size=4, embed_dim=width, depth=4, num_heads=_heads(width),
                                     mlp_ratio=4.0, dynamic_img_size=True, **common)
     elif kind == "study_swin":
         net = swin.SwinTransformer(img_size=img_size, patch_size=4, embed_dim=width, depths=(1, 1, 2, 1),
-                                   num_heads=tuple(d // 8 for d in dims), window_size=4, strict_img_size=False,
+                                   num_heads=tuple(_heads(d) for d in dims), window_size=4, strict_img_size=False,
                                    dynamic_img_size=True, **common)
     else:
         raise ValueError(f"unknown peer {kind!r}; choose one of {list(PEERS.values())}")
@@ -119,13 +128,14 @@ def peer_config(name: str, target: dict) -> dict:
     kind = PEERS[name]
     size, chans = target["img_size"], target["in_chans"]
     goal = model_flops(target["model"], target["model_args"], size, chans)
-    best = None
-    for width in WIDTHS[kind]:
-        flops = model_flops(kind, dict(width=width, img_size=size), size, chans)
-        if best is None or abs(flops - goal) < abs(best[1] - goal):
-            best = (width, flops)
-        if flops > goal * (1 + FLOP_TOLERANCE):
-            break
+    widths = WIDTHS[kind]
+    flops_at = lambda w: model_flops(kind, dict(width=w, img_size=size), size, chans)  # noqa: E731
+    lo, hi = 0, len(widths) - 1  # binary search: the first width at or above the goal
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if flops_at(widths[mid]) < goal else (lo, mid)
+    candidates = [(widths[i], flops_at(widths[i])) for i in {max(lo - 1, 0), lo}]
+    best = min(candidates, key=lambda wf: abs(wf[1] - goal))
     width, flops = best
     if abs(flops - goal) > FLOP_TOLERANCE * goal:
         raise ValueError(f"no {name} width gives {goal / 1e6:.2f} MFLOPs within {FLOP_TOLERANCE:.0%} "

@@ -17,11 +17,12 @@ BASE_VMAMBA = dict(model="vmamba_tiny_s1l8", model_args=dict(dims=24, depths=[1,
 # The v0 (paper) block at about the same cost: d_state 16, ssm_ratio 2, z gate, no MLP.
 BASE_VMAMBA_V0 = dict(model="vanilla_vmamba_tiny", model_args=dict(dims=24, depths=[1, 1, 2, 1], d_state=4))
 
-# Per budget: Pathfinder side, images of training per run, seeds per configuration.
+# Per budget: the data, epochs x steps per epoch x batch of training per run (validation after
+# each epoch), seeds per configuration, the VMamba's width, images averaged for an ERF.
 SIZES = {
-    "micro": dict(data="pathfinder32-mini", train_images=400, seeds=2, batch_size=50, dims=8, erf_images=2),
-    "quick": dict(data="pathfinder32", train_images=6_000, seeds=3, batch_size=64, dims=16, erf_images=8),
-    "full": dict(data="pathfinder32", train_images=40_000, seeds=3, batch_size=64, dims=24, erf_images=16),
+    "micro": dict(data="pathfinder32-mini", epochs=1, steps=8, batch_size=50, seeds=2, dims=8, erf_images=2),
+    "quick": dict(data="pathfinder32", epochs=2, steps=40, batch_size=64, seeds=3, dims=16, erf_images=8),
+    "full": dict(data="pathfinder32", epochs=6, steps=64, batch_size=64, seeds=3, dims=24, erf_images=16),
 }
 
 # Pixel statistics of the generated Pathfinder images (about 6% ink).
@@ -58,8 +59,9 @@ def recipe(budget: str, data: str | None = None, img_size: int | None = None, in
     unless ``data`` names another dataset (with its ``img_size`` and ``in_chans``)."""
     size = SIZES[budget]
     r = dict(preset="default", data=data or size["data"], img_size=img_size or 32, in_chans=in_chans or 1,
-             train_images=size["train_images"], batch_size=size["batch_size"], lr=2e-3, lr_base_batch=128,
-             warmup_epochs=0.5, drop_path=0.0, label_smoothing=0.0, crop_pct=1.0, interpolation="bilinear",
+             epochs=size["epochs"], max_steps_per_epoch=size["steps"], train_images=0,
+             batch_size=size["batch_size"], lr=2e-3, lr_base_batch=128, warmup_epochs=0.25, drop_path=0.0,
+             label_smoothing=0.0, crop_pct=1.0, interpolation="bilinear",
              scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.5, progress=False)
     if data is None or data.startswith("pathfinder"):
         r.update(mean=PATHFINDER_MEAN, std=PATHFINDER_STD)

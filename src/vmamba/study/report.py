@@ -49,6 +49,10 @@ def summarise(plan: Plan, results: list[dict]) -> dict:
     return summary
 
 
+def _images(recipe: dict) -> int:
+    return recipe.get("epochs", 0) * recipe.get("max_steps_per_epoch", 0) * recipe.get("batch_size", 0)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -66,7 +70,8 @@ def write_report(plan: Plan, results: list[dict], out: str | os.PathLike, meta: 
     (out / "results.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
 
     lines = [f"# Study `{plan.name}`: {plan.title}", "", plan.question, "",
-             f"Budget `{plan.budget}`: {recipe.get('train_images', 0):,} training images per run "
+             f"Budget `{plan.budget}`: {recipe.get('epochs')} epochs x {recipe.get('max_steps_per_epoch')} steps x "
+             f"batch {recipe.get('batch_size')} = {_images(recipe):,} training images per run "
              f"(`{recipe.get('data')}` at {recipe.get('img_size')}x{recipe.get('img_size')}), "
              f"{len(plan.seeds)} seeds per configuration ({', '.join(map(str, plan.seeds))}); "
              f"accuracy is top-1 on the test split, mean +- sample std over seeds.", ""]
@@ -90,8 +95,9 @@ def write_report(plan: Plan, results: list[dict], out: str | os.PathLike, meta: 
             for k in keys:
                 row += [_pm(s[k]["cross_ratio"]), _pm(s[k]["mass_outside_central_half"], 3)] if k in s else ["-", "-"]
             rows.append(row)
-        lines += ["ERF at 4x the training size (mean over seeds). Cross ratio: mean ERF on the centre row and "
-                  "column over its mean elsewhere (outside the central quarter); 1 = no cross shape.", ""]
+        lines += ["ERF at 4x the training size (mean over seeds). Cross ratio: mean ERF near the centre row "
+                  "and column over its mean near the diagonals, at equal distances from the centre; 1 = no "
+                  "cross shape.", ""]
         lines += _table(header, rows) + [""]
     if any("resolution" in s for s in summary.values()):
         first = next(s for s in summary.values() if "resolution" in s)["resolution"]

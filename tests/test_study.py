@@ -1,0 +1,165 @@
+"""vmamba study: plans, the runner (skip, resume, fine-tune), the report, the command line."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vmamba.study import make_plan, run_study
+from vmamba.study.analyses import cross_ratio
+from vmamba.study.plans import PLANS, Plan, recipe
+from vmamba.study.report import mean_std
+from vmamba.study.runner import run_key
+
+SHIM = Path("/work/shared/tools")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One Pathfinder cache for the module (the mini set is generated once)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_plans_cover_the_issue_and_check_their_arguments():
+    assert list(PLANS) == ["scan", "peers", "resolution", "erf", "components", "transfer"]
+    scan = make_plan("scan", "quick")
+    assert list(scan.configs) == ["cross2d", "bidi", "unidi"]
+    assert [c["model_args"]["scan_mode"] for c in scan.configs.values()] == ["cross2d", "bidi", "unidi"]
+    assert scan.seeds == (0, 1, 2) and len(scan.runs()) == 9
+    comp = make_plan("components", "quick", seeds=2)
+    assert len(comp.configs) == 6 and comp.seeds == (0, 1)
+    changed = [{k: v for k, v in c["model_args"].items() if comp.configs["base"]["model_args"].get(k) != v}
+               for c in comp.configs.values()]
+    assert changed[0] == {} and all(len(c) == 1 for c in changed[1:])  # one factor at a time
+    with pytest.raises(ValueError, match="unknown study plan 'scna'"):
+        make_plan("scna")
+    with pytest.raises(ValueError, match="unknown budget 'tiny'"):
+        make_plan("scan", "tiny")
+    with pytest.raises(ValueError, match="seeds must be at least 1"):
+        make_plan("scan", seeds=0)
+
+
+def test_transfer_plan_fine_tunes_from_the_source():
+    plan = make_plan("transfer", "quick")
+    src, scratch, tuned = plan.configs
+    assert plan.configs[src]["data"] == "fashion-mnist-subset" and plan.recipe["data"] == "pathfinder32"
+    assert plan.configs[tuned]["init_from"] == src and "init_from" not in plan.configs[scratch]
+
+
+def test_recipe_on_other_data():
+    folder = recipe("full", "/data/imagenet", img_size=224)
+    assert (folder["in_chans"], folder["mean"][0], folder["crop_pct"]) == (3, 0.485, 0.875)
+    assert recipe("quick", "fashion-mnist")["img_size"] == 28
+
+
+def test_run_key_is_stable_and_tracks_what_a_run_computes():
+    cfg = dict(model="m", lr=1e-3, seed=0, out="a", threads=1)
+    assert run_key("d_state=4", cfg) == run_key("d_state=4", dict(cfg, seed=3, out="b", threads=2))
+    assert run_key("d_state=4", cfg) != run_key("d_state=4", dict(cfg, lr=2e-3))
+    assert run_key("source: fashion-mnist", cfg).startswith("source-fashion-mnist-")
+
+
+def test_cross_ratio_separates_a_cross_from_a_blob():
+    yy, xx = np.mgrid[:64, :64] - 32
+    blob = np.exp(-(yy ** 2 + xx ** 2) / 400.0)
+    cross = blob + np.exp(-yy ** 2 / 2.0) + np.exp(-xx ** 2 / 2.0)
+    assert cross_ratio(blob) == pytest.approx(1.0, abs=0.15)
+    assert cross_ratio(cross) > 2
+
+
+def test_mean_std():
+    assert mean_std([1.0, 2.0, 3.0]) == dict(mean=2.0, std=1.0, n=3)
+    assert mean_std([5.0, None]) == dict(mean=5.0, std=0.0, n=1)
+    assert mean_std([])["mean"] is None
+
+
+def _tiny_plan(analyses=("flops", "erf", "erf_init", "resolution")) -> Plan:
+    r = recipe("micro")
+    r.update(epochs=1, max_steps_per_epoch=2, batch_size=16)
+    base = dict(model="vmamba_tiny_s1l8", model_args=dict(dims=8, depths=[1, 1, 1, 1]))
+    configs = {"a": base, "b": dict(base, init_from="a")}
+    return Plan("tiny", "test plan", "does it run?", r, configs, (0, 1), analyses, "micro")
+
+
+@pytest.mark.slow
+def test_study_runs_reports_skips_and_resumes(tmp_path, cache, monkeypatch, capsys):
+    monkeypatch.setenv("VMAMBA_CACHE", str(cache))
+    out, runs = tmp_path / "report", tmp_path / "runs"
+    report = run_study(_tiny_plan(), out=out, runs=runs, threads=1)
+    text = report.read_text()
+    assert "| `a` |" in text and "| `b` |" in text and "+-" in text
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["summary"]["a"]["top1"]["n"] == 2 and len(doc["runs"]) == 4
+    assert {p for p in doc["plots"]} == {"accuracy.png", "erf_init.png", "erf.png", "resolution.png"}
+    assert all((out / p).stat().st_size > 1000 for p in doc["plots"])
+    assert [r["size"] for r in doc["summary"]["a"]["resolution"]] == [32, 64, 96, 128]
+    for run in doc["runs"]:  # ordinary training runs
+        assert {"last.pt", "best.pt", "model.safetensors", "metrics.jsonl", "erf.npy"} <= {
+            p.name for p in Path(run["run_dir"]).iterdir()}
+    tuned = json.loads((Path(doc["runs"][2]["run_dir"]) / "config.json").read_text())
+    assert tuned["model"].endswith("pretrained") and Path(tuned["model"]).is_dir()  # fine-tuned from a's run
+    log = capsys.readouterr().out
+    assert "[study tiny 1/4] a seed 0: training" in log and "ETA" in log
+
+    # a rerun trains nothing
+    import vmamba.train
+
+    monkeypatch.setattr(vmamba.train, "train", lambda cfg: pytest.fail("a finished run was trained again"))
+    run_study(_tiny_plan(), out=out, runs=runs)
+    assert "finished earlier, skipped training" in capsys.readouterr().out
+    monkeypatch.undo()
+    monkeypatch.setenv("VMAMBA_CACHE", str(cache))
+
+    # a run cut before it finished resumes from its last.pt
+    cut = Path(doc["runs"][1]["run_dir"])
+    (cut / "result.json").unlink()
+    run_study(_tiny_plan(), out=out, runs=runs, threads=1)
+    log = capsys.readouterr().out
+    assert "a seed 1: resuming" in log and "resumed from" in log
+    assert json.loads((out / "results.json").read_text())["runs"][1]["test_acc1"] == doc["runs"][1]["test_acc1"]
+
+
+def test_cli_study_arguments(capsys):
+    from vmamba.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["study", "scna"])
+    assert e.value.code == 2 and "invalid choice: 'scna'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["study", "scan", "--source", "fashion-mnist", "--budget", "micro"])
+    assert e.value.code == 2 and "--source applies to the transfer plan only" in capsys.readouterr().err
+
+
+@pytest.fixture
+def timm_via_shim():
+    """timm imported through the test-only torchvision shim (this machine's torchvision is broken)."""
+    if str(SHIM) not in sys.path and SHIM.is_dir():
+        sys.path.insert(0, str(SHIM))
+    try:
+        import torchvision_cpu_shim  # noqa: F401
+    except ImportError:
+        pass
+    return pytest.importorskip("timm")
+
+
+@pytest.mark.slow
+def test_peers_are_built_at_the_same_flops(timm_via_shim):
+    import torch
+
+    from vmamba.analysis.erf import erf_map
+    from vmamba.models import create_model
+    from vmamba.study.peers import FLOP_TOLERANCE, PEERS, model_flops
+
+    plan = make_plan("peers", "quick")
+    goal = model_flops(plan.configs["VMamba v2"]["model"], plan.configs["VMamba v2"]["model_args"], 32, 1)
+    for name in PEERS:
+        cfg = plan.configs[name]
+        assert abs(model_flops(cfg["model"], cfg["model_args"], 32, 1) / goal - 1) <= FLOP_TOLERANCE
+        net = create_model(cfg["model"], **cfg["model_args"], num_classes=2, in_chans=1).eval()
+        assert net(torch.randn(2, 1, 32, 32)).shape == (2, 2)
+        assert net(torch.randn(1, 1, 64, 64)).shape == (1, 2)  # other sizes too (resolution plan)
+        assert net.forward_features(torch.randn(1, 1, 32, 32)).dim() == 4
+        assert erf_map(net, [torch.randn(1, 64, 64)]).shape == (64, 64)
