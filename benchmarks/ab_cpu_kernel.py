@@ -51,9 +51,11 @@ CROSS = {  # name: (D, H, W, N, batch)
 
 
 def kernel_source(rev: str | None) -> str:
-    """The kernel source at a git revision, or in the working tree when rev is None."""
+    """The kernel source at a git revision, in a .cpp file of that name, or in the working tree (None)."""
     if rev is None:
         return (ROOT / SOURCE).read_text()
+    if rev.endswith(".cpp") and Path(rev).is_file():
+        return Path(rev).read_text()
     return subprocess.run(["git", "show", f"{rev}:{SOURCE}"], cwd=ROOT, check=True, capture_output=True,
                           text=True).stdout
 
@@ -125,12 +127,15 @@ def main():
     from vmamba.ops.scan_cpu import selected_isa, supported_isas
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--old", default="main", help="git revision of the baseline kernel (default: main)")
+    ap.add_argument("--old", default="main", help="git revision (or .cpp file) of the baseline kernel (default: main)")
     ap.add_argument("--new", default=None, help="git revision of the new kernel (default: working tree)")
     ap.add_argument("--isas", default=None,
                     help="comma-separated instruction sets to build the new kernel for (default: all this CPU "
                          "runs); the old kernel is built for the first")
     ap.add_argument("--no-old", action="store_true", help="compare only the new kernel's instruction sets")
+    ap.add_argument("--extra", action="append", default=[],
+                    help="a further kernel version to time (git revision or .cpp file; repeatable), built for the "
+                         "first instruction set")
     ap.add_argument("--shapes", default="s1,v2,c1,c1l8")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
@@ -149,6 +154,8 @@ def main():
     new_source = kernel_source(args.new)
     for isa in isas:
         builds[f"new-{isa}"] = build(f"new_{isa}", new_source, isa)
+    for i, rev in enumerate(args.extra):
+        builds[f"extra{i}-{isas[0]}"] = build(f"extra{i}", kernel_source(rev), isas[0])
     torch.set_num_threads(args.threads)
     print(f"CPU: {cpu_model()}; kernel builds this CPU runs: {', '.join(supported)} (chosen: {selected_isa()}); "
           f"ATen: {torch.backends.cpu.get_cpu_capability()}; torch {torch.__version__}")
