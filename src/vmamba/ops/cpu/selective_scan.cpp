@@ -693,6 +693,10 @@ static inline vf tree4(vf a, vf b) {  // the 16 sums
 static inline float lane_sum(vf v) {
 #if defined(__AVX512F__)
   return _mm512_reduce_add_ps((__m512)v);
+#elif defined(__AVX__)
+  const __m128 a = _mm_add_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
+  const __m128 b = _mm_add_ps(a, _mm_movehl_ps(a, a));
+  return _mm_cvtss_f32(_mm_add_ss(b, _mm_movehdup_ps(b)));
 #else
   float s = 0.0f;
   for (int w = 0; w < W; ++w) s += lanes(v)[w];
@@ -724,6 +728,20 @@ static inline void tree_store(const vf* c, float* out, bool acc) {
 }
 #endif
 
+#if defined(__AVX__) && !defined(__AVX512F__)
+// The 8 lane sums of 8 vectors at once, (sum of v[0], ..., sum of v[7]): three levels of
+// horizontal adds and one 128-bit swap, 9 instructions instead of 8 x 7 scalar adds.
+static inline vf hsum8(const vf* v) {
+  const __m256 t0 = _mm256_hadd_ps((__m256)v[0], (__m256)v[1]);
+  const __m256 t1 = _mm256_hadd_ps((__m256)v[2], (__m256)v[3]);
+  const __m256 t2 = _mm256_hadd_ps((__m256)v[4], (__m256)v[5]);
+  const __m256 t3 = _mm256_hadd_ps((__m256)v[6], (__m256)v[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1);  // lanes 0-3: halves 0-3 of v[0..3]; 4-7: halves 4-7
+  const __m256 u1 = _mm256_hadd_ps(t2, t3);
+  return (vf)_mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+#endif
+
 // One step's row of dB or dC: out[n] (+)= sum over the lanes (channels) of x[n] * s, n < N.
 template <int NS>
 static inline void lane_dot(const vf* x, vf s, float* out, int N, bool acc) {
@@ -733,6 +751,26 @@ static inline void lane_dot(const vf* x, vf s, float* out, int N, bool acc) {
     halves(s, s_lo, s_hi);
     for (int i = 0; i < 4; ++i) c[i] = quad_dot(x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3], s_lo, s_hi);
     tree_store(c, out, acc);
+    return;
+  }
+#elif defined(__AVX__)
+  if constexpr (W == 8) {
+    int n0 = 0;
+    for (; n0 + 8 <= N; n0 += 8) {
+      vf p[8];
+      for (int i = 0; i < 8; ++i) p[i] = x[n0 + i] * s;
+      vf r = hsum8(p);
+      if (acc) {
+        vf o;
+        std::memcpy(&o, out + n0, sizeof o);
+        r = r + o;
+      }
+      std::memcpy(out + n0, &r, sizeof r);
+    }
+    for (int n = n0; n < N; ++n) {
+      const float v = lane_sum(x[n] * s);
+      out[n] = acc ? out[n] + v : v;
+    }
     return;
   }
 #endif
