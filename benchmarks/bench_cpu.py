@@ -20,7 +20,7 @@ malloc hands large freed blocks back to the kernel, so repeated calls can spend 
 time faulting in fresh output pages (bimodal timings on a VM); docs/cpu.md's numbers were taken
 with ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483648`` set, which keeps them.
 
-Usage: PYTHONPATH=src python benchmarks/bench_cpu.py [--quick] [--no-models] [--no-scan]
+Usage: PYTHONPATH=src python benchmarks/bench_cpu.py [--quick] [--no-models] [--no-scan] [--shim DIR]
 """
 from __future__ import annotations
 
@@ -178,17 +178,22 @@ def _rss_mb():
     return _status_mb("VmRSS")
 
 
+SHIM = None  # --shim: a folder holding torchvision_cpu_shim.py (timm on a CPU-only torch)
+
+
+def _load_shim():
+    if SHIM:
+        sys.path.insert(0, SHIM)
+        import torchvision_cpu_shim  # noqa: F401
+
+
 def worker(args):
     """Run one model measurement in this (fresh) process; print one JSON line."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     args.model = args.worker
     if args.model in TIMM_MODELS:
-        sys.path.insert(0, "/work/shared/tools")
-        try:
-            import torchvision_cpu_shim  # noqa: F401  (only needed where torchvision is absent)
-        except ImportError:
-            pass
+        _load_shim()
         import timm
         model = timm.create_model(TIMM_MODELS[args.model], pretrained=False)
     else:
@@ -216,6 +221,7 @@ def worker(args):
 def run_worker(model, backend, mode, batch, threads, reps=3, min_time=1.0, timeout=900):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", model, "--backend", backend, "--mode", mode,
            "--batch", str(batch), "--threads", str(threads), "--reps", str(reps), "--min-time", str(min_time)]
+    cmd += ["--shim", SHIM] if SHIM else []
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -230,11 +236,7 @@ def run_worker(model, backend, mode, batch, threads, reps=3, min_time=1.0, timeo
 def bench_models(quick, threads=1):
     batch = 2 if quick else 4
     try:
-        sys.path.insert(0, "/work/shared/tools")
-        try:
-            import torchvision_cpu_shim  # noqa: F401
-        except ImportError:
-            pass
+        _load_shim()
         import timm  # noqa: F401
         have_timm = True
     except Exception:  # noqa: BLE001 - timm is optional
@@ -293,7 +295,10 @@ def main():
     p.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
     p.add_argument("--reps", type=int, default=3, help=argparse.SUPPRESS)
     p.add_argument("--min-time", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--shim", help="folder holding torchvision_cpu_shim.py (CPU-only torch + timm)")
     args = p.parse_args()
+    global SHIM
+    SHIM = args.shim
     if args.worker:
         return worker(args)
     print("# vmamba CPU benchmark\n")

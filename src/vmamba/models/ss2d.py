@@ -1,4 +1,4 @@
-"""SS2D: the 2D selective-scan mixer of VMamba (spec sections 3-5).
+"""SS2D: the 2D selective-scan mixer of VMamba (arXiv 2401.10166).
 
 One module covers both families of the authors' release:
 
@@ -79,7 +79,7 @@ class SS2D(nn.Module):
 
     @torch.no_grad()
     def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4) -> None:
-        """The authors' 'v0' initialisation of the SSM parameters (spec section 5)."""
+        """The authors' 'v0' initialisation of the SSM parameters."""
         d_inner, r, n = self.d_inner, self.dt_rank, self.d_state
         bound = d_inner ** -0.5  # nn.Linear's default for the stacked x projections
         self.x_proj_weight.uniform_(-bound, bound)
@@ -108,7 +108,7 @@ class SS2D(nn.Module):
         dts = torch.matmul(self.dt_projs_weight, dts).view(b, k, -1, h, w)
         Bs, Cs = Bs.view(b, k, n, h, w), Cs.view(b, k, n, h, w)
         y = cross_selective_scan(
-            x, dts, -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds.float(),
+            x, dts, -torch.exp(self.A_logs.float()), Bs, Cs, D=self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().reshape(-1), delta_softplus=True,
             mode=self.scan_mode, out_float=True, backend=self.scan_backend,
         )

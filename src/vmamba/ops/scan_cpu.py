@@ -49,11 +49,10 @@ except ImportError:  # Windows
     import msvcrt
 
 from .backends import register_backend
-from .cross_scan import _check_mode
-from .cross_selective_scan import composed_cross_scan, scan_order
-from .scan_common import cross_scan_op_flops, scan_op_flops
-from .kernel_autograd import needs_grad, register_cross_autograd, register_scan_autograd
-from .scan_torch import selective_scan_torch
+from .kernel_common import (
+    MODE_IDS, check_scan_mode, cross_scan_op_flops, f32, kernel_output, needs_grad, pixel_map,
+    register_cross_autograd, register_scan_autograd, scan_op_flops, scan_order,
+)
 
 __all__ = [
     "selective_scan_cpu", "cross_selective_scan_cpu", "is_available", "load_extension",
@@ -63,7 +62,6 @@ __all__ = [
 SCAN_OP = "vmamba::selective_scan_cpu"
 CROSS_SCAN_OP = "vmamba::cross_selective_scan_cpu"
 MAX_STATE = 64  # largest d_state the kernel takes (compiled in as VMAMBA_MAXN); larger ones go to "torch"
-_MODE_IDS = {"cross2d": 1, "unidi": 2, "bidi": 3}
 _SOURCE = Path(__file__).parent / "cpu" / "selective_scan.cpp"
 
 _lock = threading.Lock()
@@ -284,10 +282,6 @@ def _chunk() -> int:
     return _ext_info.get("chunk") or int(_ext_or_raise().chunk())
 
 
-def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.float().contiguous()
-
-
 def _rows(m: Tensor) -> Tensor:
     """(..., N, L) -> (..., L, N) contiguous fp32: the kernel reads B_t / C_t as rows."""
     return m.float().transpose(-1, -2).contiguous()
@@ -306,7 +300,7 @@ def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optio
              save_states: bool) -> tuple[Tensor, Tensor, Tensor]:
     """y (fp32, before the output cast), last state (b, D, N) and the saved chunk states."""
     y, last, states = _ext_or_raise().forward(
-        u, delta.to(u.dtype), _f32(A), _rows(B), _rows(C), _f32(D), _f32(delta_bias),
+        u, delta.to(u.dtype), f32(A), _rows(B), _rows(C), f32(D), f32(delta_bias),
         None if z is None else z.to(u.dtype), delta_softplus, save_states, 1, 0)
     return y, last, states
 
@@ -328,8 +322,8 @@ def _scan_bwd_op(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor, 
                  delta_softplus: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients (fp32) of u, delta, A, B, C, D, delta_bias, z (empty for absent optionals)."""
     du, ddelta, dAp, dBp, dCp, dDp, dbp, dz = _ext_or_raise().backward(
-        dy.float().contiguous(), None if dlast is None else _f32(dlast), u,
-        delta.to(u.dtype), _f32(A), _rows(B), _rows(C), _f32(D), _f32(delta_bias),
+        dy.float().contiguous(), None if dlast is None else f32(dlast), u,
+        delta.to(u.dtype), f32(A), _rows(B), _rows(C), f32(D), f32(delta_bias),
         None if z is None else z.to(u.dtype), states, delta_softplus, 1, 0)
     dB = dBp.sum(2).transpose(-1, -2).contiguous()
     dC = dCp.sum(2).transpose(-1, -2).contiguous()
@@ -349,22 +343,17 @@ register_scan_autograd(_scan_op, _scan_bwd_op, "cpu scan")
 
 
 def selective_scan_cpu(
-    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, z=None,
+    u, delta, A, B, C, *, D=None, delta_bias=None, delta_softplus=False, z=None,
     return_last_state=False, out_float=False,
 ):
     """The ``"cpu"`` backend: same signature, shapes and semantics as ``selective_scan``.
 
-    B and C arrive 4-D (batch, G, N, L) from the public op. A d_state above ``MAX_STATE`` (or an
-    empty input) falls through to the ``"torch"`` backend.
+    B and C arrive 4-D (batch, G, N, L) from the public op, which calls it only inside its
+    contract: CPU tensors, fp32/bf16/fp16, d_state at most ``MAX_STATE``, no empty input.
     """
-    if A.shape[1] > MAX_STATE or u.numel() == 0:
-        return selective_scan_torch(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus,
-                                    z=z, return_last_state=return_last_state, out_float=out_float)
     save = needs_grad(u, delta, A, B, C, D, delta_bias, z)
     y, last, _ = _scan_op(u, delta, A, B, C, D, delta_bias, z, bool(delta_softplus), save)
-    if not out_float:
-        y = y.to(u.dtype)
-    return (y, last) if return_last_state else y
+    return kernel_output(y, last, u, out_float, return_last_state)
 
 
 # ----------------------------------------------------------------------------- fused cross scan op
@@ -381,13 +370,6 @@ def _from_scan_order(t: Tensor, mode: str, h: int, w: int) -> Tensor:
     return torch.stack([row[:, 0], col[:, 0], row[:, 1], col[:, 1]], dim=1).contiguous()
 
 
-def _map(t: Tensor) -> Tensor:
-    """t itself when its (H, W) dims flatten to one stride (the kernel reads any other strides,
-    e.g. channel-last maps, directly), else a contiguous copy."""
-    h, w = t.shape[-2:]
-    return t if h == 1 or t.stride(-2) == w * t.stride(-1) else t.contiguous()
-
-
 def _scan_rows(m: Tensor, mode: str) -> Tensor:
     """(b, 4, N, H, W) pixel layout -> (b, 4, L, N) fp32 rows in scan order."""
     return scan_order(m.float(), mode).transpose(-1, -2).contiguous()
@@ -399,8 +381,8 @@ def _cross_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Opti
               save_states: bool) -> tuple[Tensor, Tensor]:
     """Merged y (b, d, H, W) fp32 and the saved chunk states."""
     y, _, states = _ext_or_raise().forward(
-        _map(x), _map(delta.to(x.dtype)), _f32(A), _scan_rows(B, mode), _scan_rows(C, mode),
-        _f32(D), _f32(delta_bias), None, delta_softplus, save_states, 4, _MODE_IDS[mode])
+        pixel_map(x), pixel_map(delta.to(x.dtype)), f32(A), _scan_rows(B, mode), _scan_rows(C, mode),
+        f32(D), f32(delta_bias), None, delta_softplus, save_states, 4, MODE_IDS[mode])
     return y, states
 
 
@@ -421,9 +403,9 @@ def _cross_bwd_op(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C:
     """Gradients (fp32) of x, delta, A, B, C, D, delta_bias."""
     h, w = x.shape[-2:]
     dx, ddelta, dAp, dBp, dCp, dDp, dbp, _ = _ext_or_raise().backward(
-        dy.float().contiguous(), None, _map(x), _map(delta.to(x.dtype)), _f32(A),
-        _scan_rows(B, mode), _scan_rows(C, mode), _f32(D), _f32(delta_bias), None, states,
-        delta_softplus, 4, _MODE_IDS[mode])
+        dy.float().contiguous(), None, pixel_map(x), pixel_map(delta.to(x.dtype)), f32(A),
+        _scan_rows(B, mode), _scan_rows(C, mode), f32(D), f32(delta_bias), None, states,
+        delta_softplus, 4, MODE_IDS[mode])
     dB = _from_scan_order(dBp.sum(2).transpose(-1, -2), mode, h, w)
     dC = _from_scan_order(dCp.sum(2).transpose(-1, -2), mode, h, w)
     return dx, ddelta, dAp.sum(0), dB, dC, dDp.sum(0), dbp.sum(0)
@@ -441,14 +423,12 @@ def _cross_bwd_fake(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus
 register_cross_autograd(_cross_op, _cross_bwd_op, "cpu cross scan")
 
 
-def cross_selective_scan_cpu(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
+def cross_selective_scan_cpu(x, delta, A, B, C, *, D=None, delta_bias=None, delta_softplus=False,
                              mode="cross2d", out_float=False):
     """Fused ``cross_selective_scan`` (the backend's ``cross_fn``): inputs in pixel layout, the
-    kernel walks the four scan orders of ``mode`` itself and accumulates the merged output."""
-    _check_mode(mode)
-    if A.shape[1] > MAX_STATE or x.numel() == 0:
-        return composed_cross_scan(selective_scan_torch, x, delta, A, B, C, D, delta_bias, delta_softplus, mode,
-                                   out_float)
+    kernel walks the four scan orders of ``mode`` itself and accumulates the merged output.
+    Called, like the plain op, only inside the backend's contract."""
+    check_scan_mode(mode)
     save = needs_grad(x, delta, A, B, C, D, delta_bias)
     y, _ = _cross_op(x, delta, A, B, C, D, delta_bias, bool(delta_softplus), mode, save)
     return y if out_float else y.to(x.dtype)
@@ -461,6 +441,7 @@ register_flop_formula(torch.ops.vmamba.cross_selective_scan_cpu)(cross_scan_op_f
 
 register_backend(
     "cpu", selective_scan_cpu, devices=("cpu",), dtypes=(torch.float32, torch.bfloat16, torch.float16),
-    priority=10, is_available=is_available, cross_fn=cross_selective_scan_cpu,
+    max_d_state=MAX_STATE, empty_inputs=False, priority=10, is_available=is_available,
+    cross_fn=cross_selective_scan_cpu,
     description="fused C++ kernel (SIMD over channels, OpenMP over batch x channels), compiled on first use",
 )

@@ -1,0 +1,55 @@
+"""``vmamba study PLAN``: run a named experiment plan end to end and write its report.
+
+Plans: scan (cross2d vs bidi vs unidi), peers (timm's ResNet, ConvNeXt, DeiT, Swin at the same
+FLOPs; needs timm importable), resolution (peers' models at 1x-4x their size), erf (ERF at
+initialisation and after training), components (d_state, ssm_ratio, dwconv, z gate, scan mode,
+one at a time), transfer (fine-tuned vs from scratch). Every run is an ordinary ``vmamba train``
+run kept under the runs folder: a rerun skips finished runs, a killed study resumes.
+"""
+from __future__ import annotations
+
+import argparse
+
+from . import UsageError
+
+
+def add_parser(sub) -> None:
+    from ..study.plans import BUDGETS, PLANS
+
+    p = sub.add_parser("study", help="run an experiment plan on the paper's claims and write a report",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("plan", choices=list(PLANS), help="the experiment plan")
+    p.add_argument("--quick", action="store_const", const="quick", dest="budget",
+                   help="the quick budget: about 10 minutes a plan on 2 CPU cores")
+    p.add_argument("--budget", choices=BUDGETS, default="full",
+                   help="micro (seconds: tests), quick (= --quick) or full (default)")
+    p.add_argument("--out", metavar="DIR", help="report folder (default: outputs/study/PLAN)")
+    p.add_argument("--runs", metavar="DIR", help="where the training runs are kept (default: runs/ next to the "
+                                                 "report folder, shared by plans)")
+    p.add_argument("--seeds", type=int, help="seeds per configuration (default: 3; micro: 2)")
+    p.add_argument("--data", help="train on this dataset instead of Pathfinder: a built-in name or an "
+                                  "ImageFolder root (train/ and val/)")
+    p.add_argument("--img-size", type=int, help="training size with --data")
+    p.add_argument("--in-chans", type=int, help="image channels with --data")
+    p.add_argument("--source", help="transfer: the dataset to pre-train on (default: fashion-mnist-subset)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: torch's default)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..study import run_study
+    from ..study.peers import PeerUnavailable
+    from ..train import DataError
+
+    data = dict(data=args.data, img_size=args.img_size, in_chans=args.in_chans)
+    if args.source:
+        if args.plan != "transfer":
+            raise UsageError(f"--source applies to the transfer plan only, not {args.plan!r}")
+        data["source"] = args.source
+    try:
+        run_study(args.plan, budget=args.budget or "full", out=args.out, runs=args.runs, seeds=args.seeds,
+                  threads=args.threads, device=args.device, **data)
+    except (ValueError, DataError, PeerUnavailable) as e:
+        raise UsageError(str(e))
+    return 0
