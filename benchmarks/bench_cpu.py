@@ -2,7 +2,8 @@
 
 Prints, in one run on the machine at hand:
 
-1. the machine, the kernel build, and this run's fp32 matmul GFLOP/s (1 and 2 threads);
+1. the machine, the kernel build (its instruction set: avx512, avx2 or generic, chosen from the CPU
+   or forced by ``VMAMBA_CPU_ISA``), and this run's fp32 matmul GFLOP/s (1 and 2 threads);
 2. the scan at the four stage shapes (224 px) of vanilla_vmamba_tiny (N=16) and vmamba_tiny_s1l8
    (N=1), batch 1 and 8, 1 and 2 threads: forward time, GFLOP/s (9*B*D*L*N per call), ratio to
    the same run's matmul GFLOP/s, backward time and backward/forward ratio, and speed-up over
@@ -304,6 +305,8 @@ def main():
     for line in machine_lines():
         print("    " + line)
     info = scan_cpu.extension_info()
+    print(f"    kernel build: {info.get('isa', 'none')} (this CPU runs: {', '.join(scan_cpu.supported_isas())}; "
+          "VMAMBA_CPU_ISA forces one)")
     print(f"    kernel: {info}")
     if not scan_cpu.is_available():
         print("\nThe CPU kernel is unavailable here; nothing to benchmark.")

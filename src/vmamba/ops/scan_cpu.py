@@ -8,12 +8,14 @@ chunk of 32 steps from the state saved at the chunk's start (a reverse scan), so
 stays O(batch * D * L) instead of storing every state.
 
 Build: ``torch.utils.cpp_extension.load`` compiles the source the first time the backend is asked
-for (``is_available()``, i.e. the first ``"auto"`` selection on a CPU tensor), with
-``-O3 -march=native`` and OpenMP, into a cache directory keyed on the source, torch, Python and the
-CPU (``$VMAMBA_CACHE`` or ``~/.cache/vmamba``); later processes load the cached build in
-milliseconds. Where no working compiler is present, one warning is issued and the backend
-reports itself unavailable, so ``"auto"`` uses the ``"torch"`` backend instead. Importing
-vmamba never compiles anything. ``VMAMBA_CPU_KERNEL=0`` disables the kernel.
+for (``is_available()``, i.e. the first ``"auto"`` selection on a CPU tensor), with ``-O3`` and
+OpenMP for one instruction set chosen from the CPU at run time (``avx512``, ``avx2`` or
+``generic``; ``$VMAMBA_CPU_ISA`` forces one), into a cache directory keyed on the source, the
+instruction set, torch, Python and the CPU (``$VMAMBA_CACHE`` or ``~/.cache/vmamba``); later
+processes load the cached build in milliseconds. The largest d_state (``MAX_STATE``) is defined
+here only and compiled in (``-DVMAMBA_MAXN``). Where no working compiler is present, one warning is
+issued and the backend reports itself unavailable, so ``"auto"`` uses the ``"torch"`` backend
+instead. Importing vmamba never compiles anything. ``VMAMBA_CPU_KERNEL=0`` disables the kernel.
 
 Two ops are registered with ``torch.library`` (fake implementations and autograd formulas
 included, so ``torch.compile`` and FLOP counters see them):
@@ -25,6 +27,7 @@ included, so ``torch.compile`` and FLOP counters see them):
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -38,6 +41,13 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
+try:  # OS file locks for the build cache
+    import fcntl
+    msvcrt = None
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
+
 from .backends import register_backend
 from .kernel_common import (
     MODE_IDS, check_scan_mode, cross_scan_op_flops, f32, kernel_output, needs_grad, pixel_map,
@@ -46,12 +56,12 @@ from .kernel_common import (
 
 __all__ = [
     "selective_scan_cpu", "cross_selective_scan_cpu", "is_available", "load_extension",
-    "SCAN_OP", "CROSS_SCAN_OP", "MAX_STATE",
+    "SCAN_OP", "CROSS_SCAN_OP", "MAX_STATE", "ISAS", "selected_isa", "supported_isas",
 ]
 
 SCAN_OP = "vmamba::selective_scan_cpu"
 CROSS_SCAN_OP = "vmamba::cross_selective_scan_cpu"
-MAX_STATE = 64  # largest d_state the kernel takes; larger ones go to the "torch" backend
+MAX_STATE = 64  # largest d_state the kernel takes (compiled in as VMAMBA_MAXN); larger ones go to "torch"
 _SOURCE = Path(__file__).parent / "cpu" / "selective_scan.cpp"
 
 _lock = threading.Lock()
@@ -60,16 +70,65 @@ _ext_failed = False
 _ext_info: dict = {}
 
 
-def _cpu_signature() -> str:
-    """A string that changes when the build would not run on (or be tuned for) this CPU."""
-    parts = [platform.system(), platform.machine(), platform.processor()]
+ISAS = ("avx512", "avx2", "generic")
+_X86 = ("x86_64", "amd64", "i686", "i386", "x86")
+# What each x86 instruction-set build needs from the CPU (/proc/cpuinfo flag names) and the
+# compiler flags that enable exactly that much: never -march=native, so a forced build does not
+# pick up more than it asked for (an "avx2" build on an AVX-512 CPU stays 8 lanes wide).
+_X86_ISA = {
+    "avx512": (("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "f16c"),
+               ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx2", "-mfma", "-mf16c"]),
+    "avx2": (("avx2", "fma", "f16c"), ["-mavx2", "-mfma", "-mf16c"]),
+}
+
+
+def _cpu_flags() -> set:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith(("flags", "Features", "model name")):
-                    parts.append(line.strip())
                 if line.startswith(("flags", "Features")):
-                    break
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def supported_isas() -> list:
+    """The kernel builds this CPU can run, best first (always ending with ``"generic"``)."""
+    if platform.machine().lower() not in _X86:
+        return ["generic"]  # ARM & co.: NEON/SVE come from the compiler's auto-vectorisation
+    flags = _cpu_flags()
+    if flags:
+        found = [isa for isa, (need, _) in _X86_ISA.items() if all(f in flags for f in need)]
+    else:  # no /proc/cpuinfo: ask ATen what it dispatches to on this CPU
+        cap = torch.backends.cpu.get_cpu_capability().upper()
+        found = ["avx512", "avx2"] if cap.startswith("AVX512") else ["avx2"] if cap == "AVX2" else []
+    return found + ["generic"]
+
+
+def selected_isa() -> str:
+    """The kernel build to use: ``$VMAMBA_CPU_ISA`` if set (``avx512``, ``avx2`` or ``generic``),
+    else the best one this CPU supports."""
+    forced = os.environ.get("VMAMBA_CPU_ISA", "").strip().lower()
+    supported = supported_isas()
+    if not forced or forced == "auto":
+        return supported[0]
+    if forced not in ISAS:
+        raise ValueError(f"VMAMBA_CPU_ISA={forced!r} is not a kernel build; use one of {', '.join(ISAS)} "
+                         "(or leave it unset to choose from the CPU)")
+    if forced not in supported:
+        raise ValueError(f"VMAMBA_CPU_ISA={forced!r}: this CPU cannot run that build (it supports "
+                         f"{', '.join(supported)})")
+    return forced
+
+
+def _cpu_signature() -> str:
+    """A string that changes when the build would not run on (or be tuned for) this CPU."""
+    parts = [platform.system(), platform.machine(), platform.processor(), " ".join(sorted(_cpu_flags()))]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            parts += [line.strip() for line in f if line.startswith("model name")][:1]
     except OSError:
         pass
     return "|".join(parts)
@@ -84,29 +143,69 @@ def cache_dir() -> Path:
     return Path(root) / "cpu_ext"
 
 
-def _build_key() -> str:
+def _build_key(isa: str) -> str:
     h = hashlib.sha256()
     h.update(_SOURCE.read_bytes())
-    for part in (torch.__version__, sys.version, _cpu_signature()):
+    for part in (torch.__version__, sys.version, _cpu_signature(), isa, repr(build_attempts(isa))):
         h.update(part.encode())
     return h.hexdigest()[:16]
 
 
-def _attempts():
-    """Compiler flag sets, fastest first; the first that builds wins."""
+def build_attempts(isa: str) -> list:
+    """(cflags, ldflags) for building the kernel for ``isa``, fastest first; the first that builds wins.
+
+    ``-DVMAMBA_MAXN`` hands the kernel its largest d_state (``MAX_STATE``, defined only here)."""
+    if isa not in ISAS:
+        raise ValueError(f"unknown kernel build {isa!r}; use one of {', '.join(ISAS)}")
+    defines = [f"-DVMAMBA_MAXN={MAX_STATE}"]
     if sys.platform == "win32":
-        return [(["/O2", "/openmp"], [])]
-    base = ["-O3", "-ffp-contract=fast", "-fno-math-errno"]
-    native = ["-march=native"] if platform.machine().lower() in ("x86_64", "amd64", "i686") else ["-mcpu=native"]
-    return [
-        (base + native + ["-fopenmp"], ["-fopenmp"]),
-        (base + native, []),
-        (base, []),
-    ]
+        arch = {"avx512": ["/arch:AVX512"], "avx2": ["/arch:AVX2"]}.get(isa, [])
+        return [(["/O2", "/openmp"] + arch + [d.replace("-D", "/D") for d in defines], [])]
+    base = ["-O3", "-ffp-contract=fast", "-fno-math-errno"] + defines
+    if platform.machine().lower() in _X86:
+        target = _X86_ISA[isa][1] + ["-mtune=native"] if isa in _X86_ISA else []  # generic: the baseline (SSE2)
+        fallback = _X86_ISA[isa][1] if isa in _X86_ISA else []
+    else:
+        target, fallback = ["-mcpu=native"], []  # not x86: the compiler vectorises for this CPU (NEON, SVE)
+    attempts = [(base + target + ["-fopenmp"], ["-fopenmp"]), (base + target, []), (base + fallback, [])]
+    return [a for i, a in enumerate(attempts) if a not in attempts[:i]]
+
+
+@contextlib.contextmanager
+def build_lock(build: Path):
+    """Hold the build directory of one kernel build against other processes.
+
+    ``cpp_extension.load`` guards its build with a ``lock`` file that a killed build leaves behind,
+    after which every later build of that directory waits forever. Builds here first take an OS
+    file lock (released by the OS when its holder dies, however it dies), and the holder removes a
+    ``lock`` file left by a dead build: it cannot belong to a live one, which would hold the OS lock.
+    """
+    build.mkdir(parents=True, exist_ok=True)
+    with open(build / "vmamba-build.lock", "a+b") as f:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        elif msvcrt is not None:
+            while True:
+                try:
+                    msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:  # LK_LOCK gives up after ~10 s: keep waiting for a live builder
+                    continue
+        try:
+            (build / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            elif msvcrt is not None:
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
 
 
 def load_extension():
-    """The compiled kernel module (built on the first call, then cached); None if it cannot be built."""
+    """The compiled kernel module (built on the first call, then cached); None if it cannot be built.
+
+    Raises ValueError when ``$VMAMBA_CPU_ISA`` names a build that does not exist or this CPU cannot run."""
     global _ext, _ext_failed
     if _ext is not None or _ext_failed:
         return _ext
@@ -117,15 +216,15 @@ def load_extension():
             _ext_failed = True
             _ext_info["error"] = "disabled by VMAMBA_CPU_KERNEL=0"
             return None
+        isa = selected_isa()
         errors = []
         try:
             from torch.utils import cpp_extension
-            key = _build_key()
-            for i, (cflags, ldflags) in enumerate(_attempts()):
+            key = _build_key(isa)
+            for i, (cflags, ldflags) in enumerate(build_attempts(isa)):
                 build = cache_dir() / f"{key}-{i}"
-                build.mkdir(parents=True, exist_ok=True)
                 try:
-                    with warnings.catch_warnings():
+                    with warnings.catch_warnings(), build_lock(build):
                         warnings.simplefilter("ignore")
                         cpp_extension.load(
                             name=f"vmamba_cpu_scan_{key}_{i}", sources=[str(_SOURCE)],
@@ -133,8 +232,10 @@ def load_extension():
                             verbose=False, is_python_module=False,
                         )
                     mod = torch.ops.vmamba_cpu_kernel
-                    _ext_info.update(flags=" ".join(cflags), lanes=int(mod.lanes()), chunk=int(mod.chunk()),
-                                     openmp=bool(mod.openmp()), build_dir=str(build))
+                    if int(mod.max_state()) != MAX_STATE:
+                        raise RuntimeError(f"the build's largest d_state {int(mod.max_state())} is not {MAX_STATE}")
+                    _ext_info.update(isa=isa, flags=" ".join(cflags), lanes=int(mod.lanes()), chunk=int(mod.chunk()),
+                                     openmp=bool(mod.openmp()), max_state=MAX_STATE, build_dir=str(build))
                     _ext = mod
                     return _ext
                 except Exception as e:  # noqa: BLE001 - any build failure means "try the next flags"
@@ -160,7 +261,8 @@ def is_available() -> bool:
 
 
 def extension_info() -> dict:
-    """Build facts: compiler flags, SIMD lanes, chunk length, OpenMP; or the build error."""
+    """Build facts: instruction set, compiler flags, SIMD lanes, chunk length, OpenMP, largest d_state;
+    or the build error."""
     load_extension()
     return dict(_ext_info)
 
