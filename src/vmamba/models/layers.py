@@ -35,6 +35,17 @@ def to_channels_first(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2)
 
 
+def check_arg(ok: bool, name: str, value, allowed: str) -> None:
+    """Raise ``ValueError`` naming the constructor argument, its value and what is allowed."""
+    if not ok:
+        raise ValueError(f"{name}={value!r} is not allowed: {name} must be {allowed}")
+
+
+def is_int(value) -> bool:
+    """An int, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def channels_last_conv(conv: nn.Conv2d) -> nn.Conv2d:
     """``conv`` with its weight stored channel-last (the memory of an (O, kh, kw, I) tensor).
 

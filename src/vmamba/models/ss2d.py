@@ -16,10 +16,29 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cross_selective_scan
-from .layers import channels_last_conv, to_channels_first
+from ..ops import SCAN_MODES, cross_selective_scan, get_backend
+from .layers import channels_last_conv, check_arg, is_int, to_channels_first
 
 K_DIRECTIONS = 4
+
+
+def check_ss2d_args(d_model, d_state, ssm_ratio, dt_rank, d_conv, dropout, scan_mode, scan_backend) -> None:
+    """``ValueError`` naming the first SS2D setting that cannot build a working mixer."""
+    check_arg(is_int(d_model) and d_model > 0, "d_model", d_model, "a positive int")
+    check_arg(is_int(d_state) and d_state > 0, "d_state", d_state, "a positive int (the SSM state size)")
+    check_arg(isinstance(ssm_ratio, (int, float)) and not isinstance(ssm_ratio, bool) and ssm_ratio > 0
+              and int(ssm_ratio * d_model) > 0, "ssm_ratio", ssm_ratio,
+              f"a positive number with int(ssm_ratio * {d_model}) >= 1 inner channels")
+    check_arg(dt_rank == "auto" or (is_int(dt_rank) and dt_rank > 0), "dt_rank", dt_rank, "'auto' or a positive int")
+    check_arg(is_int(d_conv) and d_conv >= 0 and (d_conv < 2 or d_conv % 2 == 1), "d_conv", d_conv,
+              "an odd kernel size, or 0/1 for no conv")
+    check_arg(isinstance(dropout, (int, float)) and 0 <= dropout < 1, "dropout", dropout, "in [0, 1)")
+    check_arg(scan_mode in SCAN_MODES, "scan_mode", scan_mode, f"one of {', '.join(map(repr, SCAN_MODES))}")
+    if scan_backend != "auto":
+        try:
+            get_backend(scan_backend)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"scan_backend={scan_backend!r} is not allowed: {e}") from None
 
 
 class SS2D(nn.Module):
@@ -52,6 +71,8 @@ class SS2D(nn.Module):
         scan_backend: str = "auto",
     ):
         super().__init__()
+        check_ss2d_args(d_model=d_model, d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv,
+                        dropout=dropout, scan_mode=scan_mode, scan_backend=scan_backend)
         d_inner = int(ssm_ratio * d_model)
         self.d_inner, self.d_state = d_inner, d_state
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
@@ -76,6 +97,9 @@ class SS2D(nn.Module):
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_ssm_parameters()
+        # Stored as its transpose (k, r, d) in memory, the layout its product in forward_core
+        # reads and its gradient comes back in (no copy per step; DDP buckets match it).
+        self.dt_projs_weight.data = torch.empty(k, r, d_inner).transpose(1, 2).copy_(self.dt_projs_weight.data)
 
     @torch.no_grad()
     def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4) -> None:
