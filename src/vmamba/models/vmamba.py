@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import DropPath, Mlp, make_downsample, make_patch_embed, to_channels_first
+from .layers import DropPath, Mlp, check_arg, is_int, make_downsample, make_patch_embed, to_channels_first
 from .registry import register_model
-from .ss2d import SS2D
+from .ss2d import SS2D, check_ss2d_args
 from .weights import IMAGENET_MEAN, IMAGENET_STD, IMAGENET_PREPROCESSING, LICENSE, PAPER  # noqa: F401
 
 __all__ = ["VSSM", "VSSMFeatures", "FeatureInfo", "VSSBlock", "VSSStage", "ClassifierHead", "ZOO", "build_vssm",
@@ -159,10 +159,30 @@ class VSSM(nn.Module):
         global_pool: str = "avg",
     ):
         super().__init__()
-        depths = [int(d) for d in depths]
-        dims = [int(dims) * 2 ** i for i in range(len(depths))] if isinstance(dims, int) else [int(d) for d in dims]
-        if len(dims) != len(depths):
-            raise ValueError(f"dims has {len(dims)} entries but depths has {len(depths)}")
+        check_arg(isinstance(depths, Sequence) and len(depths) > 0 and all(is_int(d) and d > 0 for d in depths),
+                  "depths", depths, "a non-empty sequence of positive ints (blocks per stage)")
+        depths = list(depths)
+        if is_int(dims):
+            check_arg(dims > 0, "dims", dims, "a positive int (first-stage channels) or one positive int per stage")
+            dims = [dims * 2 ** i for i in range(len(depths))]
+        check_arg(isinstance(dims, Sequence) and len(dims) == len(depths) and all(is_int(d) and d > 0 for d in dims),
+                  "dims", dims, f"a positive int or {len(depths)} positive ints (one per stage of depths)")
+        dims = list(dims)
+        check_arg(is_int(in_chans) and in_chans > 0, "in_chans", in_chans, "a positive int")
+        check_arg(is_int(num_classes) and num_classes >= 0, "num_classes", num_classes, "an int >= 0 (0: no head)")
+        check_arg(is_int(patch_size) and patch_size > 0 and (patch_embed_version != "v2" or patch_size % 2 == 0),
+                  "patch_size", patch_size,
+                  "a positive int" + (" and even (the v2 stem is two stride-patch_size/2 convs)"
+                                      if patch_embed_version == "v2" else ""))
+        for arg, value in (("drop_path_rate", drop_path_rate), ("drop_rate", drop_rate),
+                           ("mlp_drop_rate", mlp_drop_rate), ("ssm_drop_rate", ssm_drop_rate)):
+            check_arg(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1,
+                      arg, value, "in [0, 1) (a probability; 1 would drop everything)")
+        check_arg(isinstance(mlp_ratio, (int, float)) and not isinstance(mlp_ratio, bool) and mlp_ratio >= 0,
+                  "mlp_ratio", mlp_ratio, "a number >= 0 (0: no MLP branch)")
+        for i, dim in enumerate(dims):
+            check_ss2d_args(d_model=dim, d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv,
+                            dropout=ssm_drop_rate, scan_mode=scan_mode, scan_backend=scan_backend)
         self.config = dict(
             depths=depths, dims=dims, in_chans=in_chans, num_classes=num_classes, d_state=d_state,
             ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv, conv_bias=conv_bias, z_gate=z_gate,
