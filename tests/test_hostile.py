@@ -222,7 +222,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(tmp_path, 
 def test_a_full_disk_mid_run_exits_1_with_the_path(folder, tmp_path, capsys, monkeypatch):
     from vmamba.train import checkpointing
 
-    real_save, calls = torch.save, {"n": 0}
+    real_save = torch.save
 
     def full_on_second_epoch(obj, f, *a, **k):
         if isinstance(obj, dict) and obj.get("epoch") == 1:

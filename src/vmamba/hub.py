@@ -17,7 +17,6 @@ from __future__ import annotations
 import http.client
 import os
 import socket
-import sys
 import tempfile
 import urllib.error
 import urllib.parse
@@ -29,6 +28,7 @@ import torch
 
 from .checkpoint import CheckpointError
 from .models.weights import RELEASES, PretrainedWeights
+from .utils import progress_bar
 
 MIRROR_ENV = "VMAMBA_WEIGHTS_MIRROR"
 WEIGHTS_DIR_ENV = "VMAMBA_WEIGHTS_DIR"
@@ -118,7 +118,7 @@ def _download(url: str, out, label: str, progress: bool, fail) -> None:
             expected = response.headers.get("Content-Length")
             expected = int(expected) if expected and expected.isdigit() else None
             kind = response.headers.get("Content-Type", "")
-            bar = _progress_bar(expected, label, progress)
+            bar = progress_bar(expected, label, progress, bytes=True)
             try:
                 while chunk := response.read(_CHUNK):
                     if received == 0 and (kind.startswith("text/html") or chunk.lstrip()[:1] == b"<"):
@@ -145,27 +145,6 @@ def _download(url: str, out, label: str, progress: bool, fail) -> None:
         raise fail(f"the transfer broke off: {received} of {expected} bytes")
     if received == 0:
         raise fail("the server sent an empty file")
-
-
-def _progress_bar(total: int | None, label: str, enabled: bool):
-    """A tqdm download bar on stderr (a silent stand-in without tqdm or when disabled)."""
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-
-            return tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024,
-                        file=sys.stderr, leave=False, mininterval=0.5)
-        except ImportError:
-            pass
-    return _NoBar()
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def fetch_published(weights: PretrainedWeights, check: Callable[[Path], T], progress: bool = True) -> T:

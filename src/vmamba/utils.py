@@ -11,10 +11,11 @@ import sys
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
 
-def progress_bar(total: int | None, desc: str = "", enabled: bool = True):
+def progress_bar(total: int | None, desc: str = "", enabled: bool = True, bytes: bool = False):
     """A tqdm bar on stderr (ETA included), or a silent stand-in when disabled or tqdm is missing.
 
-    Both have ``update(n)``, ``set_description(text)``, ``set_postfix(**values)`` and ``close()``.
+    ``bytes=True`` counts a transfer (B, KiB, MiB). Both kinds of bar have ``update(n)``,
+    ``set_description(text)``, ``set_postfix(**values)`` and ``close()``.
     """
     if enabled:
         try:
@@ -22,8 +23,9 @@ def progress_bar(total: int | None, desc: str = "", enabled: bool = True):
         except ImportError:
             pass
         else:
+            units = dict(unit="B", unit_scale=True, unit_divisor=1024) if bytes else {}
             return tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False, file=sys.stderr,
-                        mininterval=0.5)
+                        mininterval=0.5, **units)
     return _NoBar()
 
 

@@ -417,7 +417,6 @@ class VSSMFeatures(nn.Module):
         """Keep only the stages up to the last of ``indices`` (default: of ``out_indices``) and
         return the kept output indices. ``prune_norm`` and ``prune_head`` are accepted for timm's
         signature; a features model has neither a final norm nor a head."""
-        n = len(self.layers)
         take = self.out_indices if indices is None else VSSM._stage_indices(self, indices)
         if not set(take) <= set(self.out_indices):
             raise ValueError(f"indices {list(take)} are not all among out_indices {list(self.out_indices)}")

@@ -99,7 +99,7 @@ def parse_randaugment(spec: str) -> RandAugmentSpec:
     """
     parts = spec.split("-")
     if parts[0] != "rand":
-        raise ValueError(f"expected a timm-style string starting with 'rand-', like 'rand-m9-mstd0.5'")
+        raise ValueError("expected a timm-style string starting with 'rand-', like 'rand-m9-mstd0.5'")
     found = {}
     for part in parts[1:]:
         match = re.fullmatch(r"(mstd|inc|m|n)(\d+(?:\.\d+)?)", part)
