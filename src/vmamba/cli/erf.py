@@ -81,18 +81,17 @@ def run(args) -> int:
     if args.checkpoint and args.pretrained:
         raise UsageError("give --checkpoint or --pretrained, not both")
     check_memory(args.size, args.count)
+    trained = None
+    if args.checkpoint or args.pretrained:  # loaded first: a file that does not fit fails before anything is written
+        try:
+            trained = _trained_model(args)
+        except (CheckpointError, FileNotFoundError, ValueError) as e:
+            raise UsageError(str(e)) from None
     check_output_folder(args.out, "--out")
     try:
         images = load_images(args.images, args.size, args.count)
     except (ValueError, OSError) as e:
         raise UsageError(str(e)) from None
-
-    trained = None
-    if args.checkpoint or args.pretrained:  # loaded first: a file that does not fit fails before any work
-        try:
-            trained = _trained_model(args)
-        except (CheckpointError, FileNotFoundError, ValueError) as e:
-            raise UsageError(str(e)) from None
     maps = {}
     torch.manual_seed(args.seed)
     maps[f"{args.model} (init)"] = erf_map(create_model(args.model, num_classes=args.num_classes), images, True)
