@@ -145,6 +145,7 @@ class SS2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C), in the dtype of ``x`` (the scan runs in fp32)."""
         d = self.d_inner
+        inplace = not torch.is_grad_enabled()  # inference: activations overwrite fresh buffers
         if self.z_gate:  # two products from row slices of in_proj: x and z come out dense
             z = F.linear(x, self.in_proj.weight[d:])
             x = F.linear(x, self.in_proj.weight[:d])
@@ -153,11 +154,11 @@ class SS2D(nn.Module):
         x = to_channels_first(x)  # a view: channel-last memory, which the conv runs fastest on
         if self.conv2d is not None:
             x = self.conv2d(x)
-        x = self.act(x)
+        x = F.silu(x, inplace=True) if inplace else self.act(x)
         y = self.forward_core(x)
         y = self.out_norm(y.to(self.out_norm.weight.dtype)).to(x.dtype)
         if self.z_gate:
-            y = y * F.silu(z)
+            y = y.mul_(F.silu(z, inplace=True)) if inplace else y * F.silu(z)
         return self.dropout(self.out_proj(y))
 
     def extra_repr(self) -> str:
