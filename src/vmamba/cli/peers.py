@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
         description="Runs zoo models and timm peers in one process, in interleaved rounds (median), for every "
                     "input size x batch x thread count x step kind, and prints each model's img/s and peak memory "
                     "as ratios to each peer of the same run, with the CPU model, its ISA and the scan kernel build. "
-                    "On 2 quiet cores a full default run takes tens of minutes and --quick a few; far longer on busy cores.")
+                    "On 2 quiet cores a full default run takes tens of minutes and --quick a few; far longer "
+                    "on busy cores.")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_ZOO), metavar="MODEL",
                    help=f"zoo models (default: {' '.join(DEFAULT_ZOO)}; `vmamba models` lists them)")
     p.add_argument("--peers", nargs="*", default=list(PEERS), metavar="PEER",
