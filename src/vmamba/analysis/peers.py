@@ -255,7 +255,8 @@ def params_mb(model: nn.Module) -> float:
 
 
 def time_interleaved(steps: dict[str, Callable[[], None]], rounds: int, warmup: int = 1,
-                     on_round: Callable[[int], None] | None = None) -> tuple[dict[str, list[float]], dict[str, str], float]:
+                     on_round: Callable[[int], None] | None = None,
+                     ) -> tuple[dict[str, list[float]], dict[str, str], float]:
     """Run ``steps`` in interleaved rounds (round r starts at the r-th step).
 
     Returns the wall seconds of each step's timed runs, the errors of steps that failed (dropped

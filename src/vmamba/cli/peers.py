@@ -14,11 +14,12 @@ def add_parser(sub) -> None:
     from ..analysis.peers import DEFAULT_ZOO, PEERS
 
     p = sub.add_parser(
-        "peers", help="CPU img/s and peak memory of zoo models as ratios to timm's Swin-T, ConvNeXt-T, DeiT-S, ResNet-50",
+        "peers", help="CPU img/s and peak memory of zoo models as ratios to timm's Swin-T, ConvNeXt-T, ...",
         description="Runs zoo models and timm peers in one process, in interleaved rounds (median), for every "
                     "input size x batch x thread count x step kind, and prints each model's img/s and peak memory "
                     "as ratios to each peer of the same run, with the CPU model, its ISA and the scan kernel build. "
-                    "A full default run takes about an hour on 2 cores; --quick takes a few minutes.")
+                    "On 2 quiet cores a full default run takes tens of minutes and --quick a few; far longer "
+                    "on busy cores.")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_ZOO), metavar="MODEL",
                    help=f"zoo models (default: {' '.join(DEFAULT_ZOO)}; `vmamba models` lists them)")
     p.add_argument("--peers", nargs="*", default=list(PEERS), metavar="PEER",
