@@ -1,26 +1,36 @@
-"""A/B timing of two versions of the CPU scan kernel, interleaved in one process.
+"""A/B timing of CPU scan kernel builds, interleaved in one process.
 
 On a shared or virtual machine, two benchmark runs minutes apart can differ by more than the
-change being measured. This script builds both versions of ``vmamba/ops/cpu/selective_scan.cpp``
-(each under its own op namespace, so both load into one process), then calls them alternately on
-the same inputs for a number of rounds and reports each version's minimum forward and backward
-time and the ratio new / old. It also checks that the two versions' gradients agree.
+change being measured. This script builds several versions of ``vmamba/ops/cpu/selective_scan.cpp``
+(each under its own op namespace, so all load into one process): the kernel at a git revision
+(``--old``, e.g. ``main``) and the working tree, each for one or more instruction sets
+(``avx512``, ``avx2``, ``generic``; only those this CPU runs). It then calls them alternately on
+the same inputs for a number of rounds, together with a fp32 matmul of the same run, and prints
+per build the median forward and backward time, the ratio to the first build, the forward's
+GFLOP/s (9 * B * D * L * N per call, as ``bench_cpu.py`` counts) and its fraction of the matmul's
+GFLOP/s. It also checks that each build's gradients agree with the first's.
 
 Usage (from the repository root):
 
-    PYTHONPATH=src python benchmarks/ab_cpu_kernel.py --old HEAD~3          # working tree vs a revision
-    PYTHONPATH=src python benchmarks/ab_cpu_kernel.py --old e4310c0~1 --new e4310c0 --shapes s1,s2,v2
+    PYTHONPATH=src python benchmarks/ab_cpu_kernel.py --old main                   # main vs working tree
+    PYTHONPATH=src python benchmarks/ab_cpu_kernel.py --old main --isas avx2,generic --shapes s1,c1k
+    PYTHONPATH=src python benchmarks/ab_cpu_kernel.py --old HEAD~3 --new HEAD --shapes s1,s2,v2
 
-Shapes: s1..s4 are the stage shapes of vanilla_vmamba_tiny at 224 px (batch 1, N = 16), v2 the
-stage-1 shape of vmamba_tiny_s1l8 (N = 1), s2z stage 2 with the z gate, v2b8 the v2 shape at
-batch 8, s2sub stage 2 with decays exp(dt * A) in the subnormal range (dt ~ 20, A ~ -5, as large
-steps with a steep A give in trained models). Single thread unless --threads. The kernel ops are called directly (no autograd).
+Shapes (batch 1 unless named b8): s1..s4 are the plain-scan stage shapes of vanilla_vmamba_tiny at
+224 px (N = 16), v2 the stage-1 shape of vmamba_tiny_s1l8 (N = 1), s2z stage 2 with the z gate,
+v2b8 the v2 shape at batch 8, s2sub stage 2 with decays exp(dt * A) in the subnormal range.
+The c* shapes run the fused cross-scan (four directions, two of them column-major) at stage 1:
+c1 / c1l8 at 224 px (vanilla: D = 192, N = 16; s1l8: D = 96, N = 1), c1k / c1kl8 at 1024 px
+(H = W = 256, L = 65536); c1k250 at H = W = 250, a row length that is not a power of two.
+Single thread unless --threads. The kernel ops are called directly (no
+autograd).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
-import os
+import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -30,41 +40,49 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = "src/vmamba/ops/cpu/selective_scan.cpp"
-SHAPES = {  # name: (D, L, N, batch, z gate)
+PLAIN = {  # name: (D, L, N, batch, z gate)
     "s1": (768, 3136, 16, 1, False), "s2": (1536, 784, 16, 1, False), "s3": (3072, 196, 16, 1, False),
     "s4": (6144, 49, 16, 1, False), "v2": (384, 3136, 1, 1, False), "s2z": (1536, 784, 16, 1, True),
     "v2b8": (384, 3136, 1, 8, False), "s2sub": (1536, 784, 16, 1, False),
 }
+CROSS = {  # name: (D, H, W, N, batch)
+    "c1": (192, 56, 56, 16, 1), "c1l8": (96, 56, 56, 1, 1),
+    "c1k": (192, 256, 256, 16, 1), "c1kl8": (96, 256, 256, 1, 1), "c1k250": (192, 250, 250, 16, 1),
+}
 
 
 def kernel_source(rev: str | None) -> str:
-    """The kernel source at a git revision, or in the working tree when rev is None."""
+    """The kernel source at a git revision, in a .cpp file of that name, or in the working tree (None)."""
     if rev is None:
         return (ROOT / SOURCE).read_text()
+    if rev.endswith(".cpp") and Path(rev).is_file():
+        return Path(rev).read_text()
     return subprocess.run(["git", "show", f"{rev}:{SOURCE}"], cwd=ROOT, check=True, capture_output=True,
                           text=True).stdout
 
 
-def build(tag: str, source: str):
-    """Compile source with its ops renamed to namespace ``vmamba_ab_<tag>``; returns that namespace."""
+def build(tag: str, source: str, isa: str):
+    """Compile source for ``isa`` with its ops renamed to namespace ``vmamba_ab_<tag>``; returns that namespace."""
     from torch.utils import cpp_extension
-    from vmamba.ops.scan_cpu import _attempts, cache_dir
+    from vmamba.ops.scan_cpu import build_attempts, build_lock, cache_dir
 
     namespace = f"vmamba_ab_{tag}"
     source = source.replace("TORCH_LIBRARY(vmamba_cpu_kernel", f"TORCH_LIBRARY({namespace}")
-    key = hashlib.sha256(source.encode()).hexdigest()[:12]
+    cflags, ldflags = build_attempts(isa)[0]
+    key = hashlib.sha256((source + " ".join(cflags)).encode()).hexdigest()[:12]
     build_dir = cache_dir().parent / "ab" / f"{tag}-{key}"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    path = build_dir / f"{tag}.cpp"
-    path.write_text(source)
-    cflags, ldflags = _attempts()[0]
-    cpp_extension.load(name=f"vmamba_ab_{tag}_{key}", sources=[str(path)], extra_cflags=cflags,
-                       extra_ldflags=ldflags, build_directory=str(build_dir), is_python_module=False)
+    with build_lock(build_dir):
+        path = build_dir / f"{tag}.cpp"
+        if not path.exists() or path.read_text() != source:
+            path.write_text(source)
+        cpp_extension.load(name=f"vmamba_ab_{tag}_{key}", sources=[str(path)], extra_cflags=cflags,
+                           extra_ldflags=ldflags, build_directory=str(build_dir), is_python_module=False)
     return getattr(torch.ops, namespace)
 
 
-def inputs(name: str, seed: int = 0):
-    D, L, N, batch, gate = SHAPES[name]
+def plain_inputs(name: str, seed: int = 0):
+    """Kernel arguments (after u .. z) and the output gradient of a plain-scan shape."""
+    D, L, N, batch, gate = PLAIN[name]
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(batch, D, L, generator=g)
     delta = torch.randn(batch, D, L, generator=g) * 0.5 - 1
@@ -77,43 +95,108 @@ def inputs(name: str, seed: int = 0):
         A = -(torch.rand(D, N, generator=g) * 0.2 + 5.0)
     z = torch.randn(batch, D, L, generator=g) if gate else None
     gy = torch.randn(batch, D, L, generator=g)
-    return (u, delta, A, Bt, Ct, Dv, bias, z), gy
+    return (u, delta, A, Bt, Ct, Dv, bias, z), gy, 1, 0, 9 * batch * D * L * N
+
+
+def cross_inputs(name: str, seed: int = 0):
+    """The same for a fused cross-scan shape (mode cross2d: K = 4 directions)."""
+    D, H, W, N, batch = CROSS[name]
+    L = H * W
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, D, H, W, generator=g)
+    delta = torch.randn(batch, 4, D, H, W, generator=g) * 0.5 - 1
+    A = -torch.rand(4 * D, N, generator=g) - 0.5
+    Bt = torch.randn(batch, 4, L, N, generator=g)
+    Ct = torch.randn(batch, 4, L, N, generator=g)
+    Dv, bias = torch.ones(4 * D), torch.randn(4 * D, generator=g) * 0.1
+    gy = torch.randn(batch, D, H, W, generator=g)
+    return (x, delta, A, Bt, Ct, Dv, bias, None), gy, 4, 1, 9 * batch * 4 * D * L * N
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main():
+    from vmamba.ops.scan_cpu import selected_isa, supported_isas
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--old", required=True, help="git revision of the baseline kernel")
+    ap.add_argument("--old", default="main", help="git revision (or .cpp file) of the baseline kernel (default: main)")
     ap.add_argument("--new", default=None, help="git revision of the new kernel (default: working tree)")
-    ap.add_argument("--shapes", default="s1,s2,s3,v2,s2z")
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--isas", default=None,
+                    help="comma-separated instruction sets to build the new kernel for (default: all this CPU "
+                         "runs); the old kernel is built for the first")
+    ap.add_argument("--no-old", action="store_true", help="compare only the new kernel's instruction sets")
+    ap.add_argument("--extra", action="append", default=[],
+                    help="a further kernel version to time (git revision or .cpp file; repeatable), built for the "
+                         "first instruction set")
+    ap.add_argument("--shapes", default="s1,v2,c1,c1l8")
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    ops = {"old": build("old", kernel_source(args.old)), "new": build("new", kernel_source(args.new))}
-    torch.set_num_threads(args.threads)
-    print(f"old = {args.old}, new = {args.new or 'working tree'}; {args.rounds} rounds, {args.threads} thread(s); "
-          f"minimum ms per call")
-    print("| shape | old fwd | old bwd | new fwd | new bwd | new/old fwd | new/old bwd | max grad diff |")
-    print("|---|---|---|---|---|---|---|---|")
+    supported = supported_isas()
+    isas = args.isas.split(",") if args.isas else supported
+    for isa in isas:
+        if isa not in supported:
+            ap.error(f"--isas: this CPU cannot run {isa!r} (it supports {', '.join(supported)})")
     for name in args.shapes.split(","):
-        ins, gy = inputs(name)
-        best = {tag: [float("inf"), float("inf")] for tag in ops}
+        if name not in PLAIN and name not in CROSS:
+            ap.error(f"--shapes: unknown shape {name!r}; known: {', '.join([*PLAIN, *CROSS])}")
+    builds = {}
+    if not args.no_old:
+        builds[f"old-{isas[0]}"] = build("old", kernel_source(args.old), isas[0])
+    new_source = kernel_source(args.new)
+    for isa in isas:
+        builds[f"new-{isa}"] = build(f"new_{isa}", new_source, isa)
+    for i, rev in enumerate(args.extra):
+        builds[f"extra{i}-{isas[0]}"] = build(f"extra{i}", kernel_source(rev), isas[0])
+    torch.set_num_threads(args.threads)
+    print(f"CPU: {cpu_model()}; kernel builds this CPU runs: {', '.join(supported)} (chosen: {selected_isa()}); "
+          f"ATen: {torch.backends.cpu.get_cpu_capability()}; torch {torch.__version__}")
+    print(f"old = {args.old}, new = {args.new or 'working tree'}; {args.rounds} interleaved rounds, "
+          f"{args.threads} thread(s); median ms per call; ratios to {next(iter(builds))}")
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    print("| shape | build | fwd ms | bwd ms | fwd ratio | bwd ratio | fwd GFLOP/s | x matmul | max grad diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in args.shapes.split(","):
+        ins, gy, K, mode, flops = (plain_inputs if name in PLAIN else cross_inputs)(name)
+        times = {tag: ([], []) for tag in builds}
+        mm = []
         grads = {}
         for _ in range(args.rounds):
-            for tag, op in ops.items():
+            t = time.perf_counter()
+            a @ b
+            mm.append(time.perf_counter() - t)
+            for tag, op in builds.items():
                 t = time.perf_counter()
-                y, _, states = op.forward(*ins, True, True, 1, 0)
+                y, _, states = op.forward(*ins, True, True, K, mode)
                 t_fwd = time.perf_counter() - t
                 t = time.perf_counter()
-                out = op.backward(gy, None, *ins, states, True, 1, 0)
+                out = op.backward(gy, None, *ins, states, True, K, mode)
                 t_bwd = time.perf_counter() - t
-                best[tag] = [min(best[tag][0], t_fwd), min(best[tag][1], t_bwd)]
+                times[tag][0].append(t_fwd)
+                times[tag][1].append(t_bwd)
                 grads[tag] = [o.sum(2) if i in (3, 4) else o for i, o in enumerate(out)]  # dB/dC: sum partials
                 del y, states, out
-        diff = max(((a - b).abs().max() / (a.abs().max() + 1e-30)).item()
-                   for a, b in zip(grads["old"], grads["new"]) if a.numel())
-        (of, ob), (nf, nb) = best["old"], best["new"]
-        print(f"| {name} | {of * 1e3:.2f} | {ob * 1e3:.2f} | {nf * 1e3:.2f} | {nb * 1e3:.2f} | {nf / of:.3f} | "
-              f"{nb / ob:.3f} | {diff:.1e} |", flush=True)
+        mm_gflops = 2 * 1024 ** 3 / statistics.median(mm) / 1e9
+        first = next(iter(builds))
+        base_f, base_b = (statistics.median(v) for v in times[first])
+        for tag in builds:
+            f, b_ = (statistics.median(v) for v in times[tag])
+            diff = max(((x - y).abs().max() / (y.abs().max() + 1e-30)).item()
+                       for x, y in zip(grads[tag], grads[first]) if x.numel())
+            gf = flops / f / 1e9
+            print(f"| {name} | {tag} | {f * 1e3:.2f} | {b_ * 1e3:.2f} | {f / base_f:.3f} | {b_ / base_b:.3f} | "
+                  f"{gf:.1f} | {gf / mm_gflops:.3f} | {diff:.1e} |", flush=True)
+        print(f"| {name} | fp32 matmul 1024^3 | {statistics.median(mm) * 1e3:.2f} | | | | {mm_gflops:.1f} | 1 | |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Prints, in one run on the machine at hand:
 
-1. the machine, the kernel build, and this run's fp32 matmul GFLOP/s (1 and 2 threads);
+1. the machine, the kernel build (its instruction set: avx512, avx2 or generic, chosen from the CPU
+   or forced by ``VMAMBA_CPU_ISA``), and this run's fp32 matmul GFLOP/s (1 and 2 threads);
 2. the scan at the four stage shapes (224 px) of vanilla_vmamba_tiny (N=16) and vmamba_tiny_s1l8
    (N=1), batch 1 and 8, 1 and 2 threads: forward time, GFLOP/s (9*B*D*L*N per call), ratio to
    the same run's matmul GFLOP/s, backward time and backward/forward ratio, and speed-up over
@@ -19,7 +20,7 @@ malloc hands large freed blocks back to the kernel, so repeated calls can spend 
 time faulting in fresh output pages (bimodal timings on a VM); docs/cpu.md's numbers were taken
 with ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483648`` set, which keeps them.
 
-Usage: PYTHONPATH=src python benchmarks/bench_cpu.py [--quick] [--no-models] [--no-scan]
+Usage: PYTHONPATH=src python benchmarks/bench_cpu.py [--quick] [--no-models] [--no-scan] [--shim DIR]
 """
 from __future__ import annotations
 
@@ -177,17 +178,22 @@ def _rss_mb():
     return _status_mb("VmRSS")
 
 
+SHIM = None  # --shim: a folder holding torchvision_cpu_shim.py (timm on a CPU-only torch)
+
+
+def _load_shim():
+    if SHIM:
+        sys.path.insert(0, SHIM)
+        import torchvision_cpu_shim  # noqa: F401
+
+
 def worker(args):
     """Run one model measurement in this (fresh) process; print one JSON line."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     args.model = args.worker
     if args.model in TIMM_MODELS:
-        sys.path.insert(0, "/work/shared/tools")
-        try:
-            import torchvision_cpu_shim  # noqa: F401  (only needed where torchvision is absent)
-        except ImportError:
-            pass
+        _load_shim()
         import timm
         model = timm.create_model(TIMM_MODELS[args.model], pretrained=False)
     else:
@@ -215,6 +221,7 @@ def worker(args):
 def run_worker(model, backend, mode, batch, threads, reps=3, min_time=1.0, timeout=900):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", model, "--backend", backend, "--mode", mode,
            "--batch", str(batch), "--threads", str(threads), "--reps", str(reps), "--min-time", str(min_time)]
+    cmd += ["--shim", SHIM] if SHIM else []
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -229,11 +236,7 @@ def run_worker(model, backend, mode, batch, threads, reps=3, min_time=1.0, timeo
 def bench_models(quick, threads=1):
     batch = 2 if quick else 4
     try:
-        sys.path.insert(0, "/work/shared/tools")
-        try:
-            import torchvision_cpu_shim  # noqa: F401
-        except ImportError:
-            pass
+        _load_shim()
         import timm  # noqa: F401
         have_timm = True
     except Exception:  # noqa: BLE001 - timm is optional
@@ -292,13 +295,18 @@ def main():
     p.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
     p.add_argument("--reps", type=int, default=3, help=argparse.SUPPRESS)
     p.add_argument("--min-time", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--shim", help="folder holding torchvision_cpu_shim.py (CPU-only torch + timm)")
     args = p.parse_args()
+    global SHIM
+    SHIM = args.shim
     if args.worker:
         return worker(args)
     print("# vmamba CPU benchmark\n")
     for line in machine_lines():
         print("    " + line)
     info = scan_cpu.extension_info()
+    print(f"    kernel build: {info.get('isa', 'none')} (this CPU runs: {', '.join(scan_cpu.supported_isas())}; "
+          "VMAMBA_CPU_ISA forces one)")
     print(f"    kernel: {info}")
     if not scan_cpu.is_available():
         print("\nThe CPU kernel is unavailable here; nothing to benchmark.")

@@ -4,10 +4,10 @@ The dense-prediction backbone (four normed NCHW maps, as Mask R-CNN's FPN takes 
 test size (default 800x1216, batch 1, inference). Each model runs in its own process, so peak
 resident memory (growth above the process's level before the first forward) is not mixed up
 between models. timm's ``swin_tiny_patch4_window7_224`` (features_only, img_size set to the
-input) is the peer; on a CPU-only torch the registry's torchvision needs the workplace shim
-(--shim ../shared/tools). Writes outputs/dense_bench/bench.json and prints a table.
+input) is the peer; on a CPU-only torch the registry's torchvision needs a CPU shim
+(--shim DIR, the folder holding torchvision_cpu_shim.py). Writes outputs/dense_bench/bench.json and prints a table.
 
-    python benchmarks/bench_dense_backbone.py --shim ../shared/tools
+    python benchmarks/bench_dense_backbone.py --shim DIR
 """
 from __future__ import annotations
 

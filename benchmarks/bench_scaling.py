@@ -2,9 +2,10 @@
 
 Runs `vmamba bench` (inference, batch 1) over a range of sizes and writes
 outputs/scaling_cpu/{bench.csv,bench.json,bench.png}. On a CPU-only torch, the registry's
-torchvision (which timm imports) needs the workplace shim; pass its folder with --shim.
+torchvision (which timm imports) needs a CPU shim: pass the folder holding
+torchvision_cpu_shim.py with --shim.
 
-    python benchmarks/bench_scaling.py --shim ../shared/tools
+    python benchmarks/bench_scaling.py --shim DIR
 """
 from __future__ import annotations
 

@@ -316,3 +316,34 @@ def test_injected_foreign_class_alone_still_loads(tmp_path):
     target = fresh_like(model)
     vmamba.load_checkpoint(target, path)
     same_output(model, target)
+
+
+# --- loading errors name the file ----------------------------------------------------------
+
+def test_malformed_safetensors_metadata_names_the_file(tmp_path):
+    from safetensors.torch import save_file
+
+    model = small()
+    path = tmp_path / "bad_meta.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"vmamba_config": "{not json"})
+    with pytest.raises(CheckpointError, match=r"bad_meta\.safetensors: malformed 'vmamba_config'"):
+        vmamba.load_model(path)
+
+
+def test_size_mismatch_through_load_model_names_the_file(tmp_path):
+    model = small()
+    path = save_weights(model, tmp_path / "five_classes.pth")
+    contents = torch.load(path, weights_only=True)
+    contents["model"]["classifier.head.weight"] = torch.zeros(5, 99)
+    torch.save(contents, path)
+    with pytest.raises(CheckpointError, match=r"five_classes\.pth does not fit VSSM:\n  wrong shape"):
+        vmamba.load_model(path)
+
+
+def test_a_folder_passed_as_a_file_is_named(tmp_path):
+    (tmp_path / "ckpt.pth").mkdir()
+    with pytest.raises(CheckpointError, match=r"ckpt\.pth is a folder, not a checkpoint file"):
+        vmamba.load_checkpoint(small(), tmp_path / "ckpt.pth")
+    with pytest.raises(CheckpointError, match=r"ckpt\.pth: no config\.json"):
+        vmamba.load_model(tmp_path / "ckpt.pth")

@@ -282,5 +282,9 @@ def test_timm_loads_a_save_pretrained_folder(tmp_path):
                                  pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors"))).eval()
     for rebuilt in (via_dir, via_file):
         torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="never downloads"):
-        timm.create_model("vmamba_tiny_s1l8", pretrained=True)
+    offline = dict(TORCH_HOME=str(tmp_path / "torch"), VMAMBA_WEIGHTS_MIRROR="http://127.0.0.1:9")
+    with pytest.MonkeyPatch.context() as mp:  # published weights, offline: one clear error
+        for key, value in offline.items():
+            mp.setenv(key, value)
+        with pytest.raises(vmamba.DownloadError, match="could not download vmamba_tiny_s1l8.in1k"):
+            timm.create_model("vmamba_tiny_s1l8", pretrained=True)

@@ -10,7 +10,7 @@ import vmamba
 from vmamba.analysis import count_flops, scan_flops
 from vmamba.cli import main
 
-SPEC_GFLOPS = {  # SPEC-vmamba.md, sections 3 and 4 (224x224)
+SPEC_GFLOPS = {  # the paper's tables (224x224)
     "vanilla_vmamba_tiny": 5.63, "vanilla_vmamba_small": 11.23, "vanilla_vmamba_base": 18.02,
     "vmamba_tiny_s1l8": 4.91, "vmamba_small_s1l20": 8.61, "vmamba_base_s1l20": 15.22,
     "vmamba_tiny_s2l5": 4.86, "vmamba_small_s2l15": 8.72, "vmamba_base_s2l15": 15.36,
@@ -47,6 +47,15 @@ def test_counting_leaves_the_model_alone():
     count_flops(model, size=(32, 32))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.config["scan_backend"] == "auto" and next(model.parameters()).device.type == "cpu"
+    assert all(m.scan_backend == "auto" for m in model.modules() if hasattr(m, "scan_backend"))
+
+
+def test_counting_leaves_the_scan_registry_alone():
+    from vmamba.ops.backends import _BACKENDS
+
+    before = dict(_BACKENDS)
+    count_flops(vmamba.create_model("vmamba_tiny_s1l8", depths=(1, 1, 1, 1), dims=16), size=(32, 32))
+    assert _BACKENDS == before and "flop probe" not in vmamba.ops.available_backends()
 
 
 def test_cli_json(capsys):

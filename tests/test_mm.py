@@ -22,6 +22,7 @@ import vmamba
 from vmamba import CheckpointError
 from vmamba.dense import config_path, list_configs
 from vmamba.dense.data import CLASSES, make_instance_dataset, make_semantic_dataset
+from vmamba.models import get_weights
 from vmamba.models.vmamba import ZOO
 
 ODD_SIZES = [(65, 97), (33, 50)]
@@ -139,7 +140,7 @@ def test_hide_broken_turns_a_crashing_import_into_importerror(tmp_path, monkeypa
 def _expected_hw(arch: str, h: int, w: int) -> list[tuple[int, int]]:
     """Stage resolutions: v1 stem = 4x4 conv stride 4 (floor), v2 stem = two 3x3 stride-2
     convs (ceil); every downsample halves rounding up (padded merging / 3x3 stride-2 conv)."""
-    v2 = ZOO[arch][0]["patch_embed_version"] == "v2"
+    v2 = ZOO[arch]["patch_embed_version"] == "v2"
     hw = (math.ceil(math.ceil(h / 2) / 2), math.ceil(math.ceil(w / 2) / 2)) if v2 else (h // 4, w // 4)
     out = [hw]
     for _ in range(3):
@@ -153,7 +154,7 @@ def test_every_zoo_backbone_shapes_and_strides(mmdet_models, arch):
     # Depth 1 per stage keeps the test fast; stem, downsamplers, widths and norms are the
     # zoo model's own, and blocks never change shapes (the full depth is checked below).
     torch.manual_seed(0)
-    dims = ZOO[arch][2]
+    dims = ZOO[arch]["dims"]
     model = mmdet_models.build(dict(type=arch, depths=(1, 1, 1, 1))).eval()
     assert model.feature_info.reduction() == [4, 8, 16, 32]
     assert model.feature_info.channels() == [dims, 2 * dims, 4 * dims, 8 * dims]
@@ -457,10 +458,10 @@ def test_paper_configs_match_the_zoo(mmdet_models, mmseg_models):
             continue
         cfg = load_config(config_path(name))
         bb = cfg.model.backbone
-        dims = ZOO[bb.type][2]
+        dims = ZOO[bb.type]["dims"]
         chans = [dims, 2 * dims, 4 * dims, 8 * dims]
         assert set(bb) == {"type", "out_indices", "drop_path_rate", "init_cfg"}, name  # no Swin leftovers
-        assert bb.init_cfg.type == "Pretrained" and bb.init_cfg.checkpoint.startswith("checkpoints/")
+        assert bb.init_cfg.type == "Pretrained" and bb.init_cfg.checkpoint == f"vmamba://{get_weights(bb.type).name}"
         if name.startswith("mmdet/"):
             assert cfg.model.neck.in_channels == chans
             assert cfg.optim_wrapper.optimizer.type == "AdamW" and cfg.optim_wrapper.optimizer.lr == 1e-4

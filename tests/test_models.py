@@ -10,7 +10,7 @@ import vmamba
 from conftest import GOLDEN, load_golden
 from vmamba.models import VSSM, VSSMFeatures
 
-SPEC_PARAMS = {  # SPEC-vmamba.md, sections 3 and 4
+SPEC_PARAMS = {  # the authors' release (paper, tables of model sizes)
     "vanilla_vmamba_tiny": 22_893_448, "vanilla_vmamba_small": 44_417_416, "vanilla_vmamba_base": 76_254_056,
     "vmamba_tiny_s1l8": 30_249_064, "vmamba_small_s1l20": 49_012_840, "vmamba_base_s1l20": 86_614_504,
     "vmamba_tiny_s2l5": 30_705_832, "vmamba_small_s2l15": 50_147_752, "vmamba_base_s2l15": 88_557_800,
@@ -220,8 +220,8 @@ def test_set_scan_backend_reaches_every_block():
 def test_create_model_errors():
     with pytest.raises(ValueError, match="unknown model 'vmamba_huge'"):
         vmamba.create_model("vmamba_huge")
-    with pytest.raises(ValueError, match="never downloads"):
-        vmamba.create_model("vmamba_tiny_s1l8", pretrained=True)
+    with pytest.raises(ValueError, match="builds architectures only"):  # weights: vmamba.create_model
+        vmamba.models.create_model("vmamba_tiny_s1l8", pretrained=True)
     with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
         vmamba.create_model("vmamba_tiny_s1l8", bogus=1)
 
@@ -262,3 +262,29 @@ def test_autocast_forward_and_backward_stay_finite(name, dtype):
         loss = model(x).float().logsumexp(-1).mean()
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_features_model_is_a_composition_and_prunes_cleanly():
+    model = vmamba.create_model("vmamba_tiny_s1l8", features_only=True, out_indices=(0, 1, 2), **SMALL).eval()
+    assert not hasattr(model, "reset_classifier") and not hasattr(model, "forward_head")
+    x = torch.randn(1, 3, 64, 64)
+    before = model(x)
+    assert model.prune_intermediate_layers([0, 1]) == [0, 1]
+    assert len(model.layers) == 2 and not hasattr(model, "outnorm2") and model.out_indices == (0, 1)
+    assert model.feature_info.channels() == [16, 32] and model.config["out_indices"] == [0, 1]
+    after = model(x)
+    for a, b in zip(after, before[:2]):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match=r"stage indices \[3\] out of range for 2 stages"):
+        model.prune_intermediate_layers([3])
+    with pytest.raises(TypeError, match="out_indices must be a sequence"):
+        vmamba.create_model("vmamba_tiny_s1l8", features_only=True, out_indices="0,1", **SMALL)
+
+
+def test_features_from_a_built_classifier_share_its_weights():
+    classifier = small_model("vanilla_vmamba_tiny").eval()
+    features = VSSMFeatures((3,), model=classifier)
+    assert features.layers is classifier.layers and features.patch_embed is classifier.patch_embed
+    x = torch.randn(1, 3, 64, 64)
+    raw = classifier.forward_intermediates(x, indices=[3], intermediates_only=True)[0]
+    torch.testing.assert_close(features(x)[0], features.outnorm3(raw.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))

@@ -72,12 +72,12 @@ def _cross_inputs(b=2, d=3, h=4, w=5, n=2, seed=0, dtype=torch.float64):
 @pytest.mark.parametrize("mode", MODES)
 def test_cross_selective_scan_equals_composition(backend, mode):
     t = _cross_inputs(dtype=torch.float32 if backend not in ("torch", "reference") else torch.float64)
-    y = cross_selective_scan(t["x"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["delta_bias"], True,
-                             mode=mode, backend=backend)
+    y = cross_selective_scan(t["x"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], delta_bias=t["delta_bias"],
+                             delta_softplus=True, mode=mode, backend=backend)
     b, d, h, w = t["x"].shape
     ys = selective_scan(cross_scan(t["x"], mode).flatten(1, 2), scan_order(t["delta"], mode).flatten(1, 2),
-                        t["A"], scan_order(t["B"], mode), scan_order(t["C"], mode), t["D"], t["delta_bias"],
-                        True, backend="reference")
+                        t["A"], scan_order(t["B"], mode), scan_order(t["C"], mode), D=t["D"],
+                        delta_bias=t["delta_bias"], delta_softplus=True, backend="reference")
     expected = cross_merge(ys.reshape(b, 4, d, h, w), mode).reshape(b, d, h, w)
     assert y.shape == (b, d, h, w)
     torch.testing.assert_close(y.to(expected.dtype), expected, rtol=1e-4, atol=1e-4)

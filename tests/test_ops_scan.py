@@ -1,6 +1,8 @@
 """The selective-scan op: every backend against the reference, golden data, errors, numerics."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -28,9 +30,9 @@ OPTIONS = [
 
 
 def _call(backend, t, delta_softplus=False, use_bias=False, use_D=False, use_z=False, **kw):
-    return selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"] if use_D else None,
-                          t["delta_bias"] if use_bias else None, delta_softplus,
-                          t["z"] if use_z else None, backend=backend, **kw)
+    return selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"] if use_D else None,
+                          delta_bias=t["delta_bias"] if use_bias else None, delta_softplus=delta_softplus,
+                          z=t["z"] if use_z else None, backend=backend, **kw)
 
 
 def test_registry_lists_portable_backends():
@@ -73,16 +75,18 @@ def test_gradients_float64_match_reference(backend, shape):
 
 def test_torch_backend_gradcheck():
     t = make_scan_inputs(2, 4, 9, 3, 2, requires_grad=True, seed=3)
-    f = lambda *a: selective_scan_torch(*a[:7], delta_softplus=True, z=a[7], return_last_state=True)  # noqa: E731
+    f = lambda *a: selective_scan_torch(*a[:5], D=a[5], delta_bias=a[6], delta_softplus=True, z=a[7],  # noqa: E731
+                                        return_last_state=True)
     assert torch.autograd.gradcheck(f, tuple(t.values()))
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 5, 13, 40])
 def test_torch_backend_any_chunk_size(chunk_size):
     t = make_scan_inputs(2, 6, 37, 4, 3)
-    args = [t[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")]
-    y, last = selective_scan_torch(*args, delta_softplus=True, return_last_state=True, chunk_size=chunk_size)
-    y_ref, last_ref = selective_scan_reference(*args, delta_softplus=True, return_last_state=True)
+    args = [t[k] for k in ("u", "delta", "A", "B", "C")]
+    kw = dict(D=t["D"], delta_bias=t["delta_bias"], delta_softplus=True, return_last_state=True)
+    y, last = selective_scan_torch(*args, chunk_size=chunk_size, **kw)
+    y_ref, last_ref = selective_scan_reference(*args, **kw)
     torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(last, last_ref)
 
@@ -90,7 +94,8 @@ def test_torch_backend_any_chunk_size(chunk_size):
 @pytest.mark.parametrize("backend", ["reference"] + FAST_BACKENDS)
 def test_golden_ops(backend, golden_ops):
     i = golden_ops["inputs"]
-    y = selective_scan(i["u"], i["delta"], i["A"], i["B"], i["C"], i["D"], i["delta_bias"], True, backend=backend)
+    y = selective_scan(i["u"], i["delta"], i["A"], i["B"], i["C"], D=i["D"], delta_bias=i["delta_bias"],
+                       delta_softplus=True, backend=backend)
     torch.testing.assert_close(y, golden_ops["y_softplus_bias_D"], rtol=0, atol=1e-5)
     y = selective_scan(i["u"], i["delta"].abs(), i["A"], i["B"], i["C"], backend=backend)
     torch.testing.assert_close(y, golden_ops["y_nosoftplus_nobias_noD"], rtol=0, atol=1e-5)
@@ -110,12 +115,16 @@ def test_half_precision_inputs(backend, dtype):
     torch.testing.assert_close(y.double(), ref, rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize("backend", ["reference"] + FAST_BACKENDS)
+@pytest.mark.parametrize("backend", ["auto", "reference"] + FAST_BACKENDS)
 @pytest.mark.parametrize("batch, length", [(0, 5), (2, 0)])
 def test_empty_inputs(backend, batch, length):
     u = torch.randn(batch, 4, length)
-    y, last = selective_scan(u, u, -torch.rand(4, 3), torch.randn(batch, 2, 3, length),
-                             torch.randn(batch, 2, 3, length), return_last_state=True, backend=backend)
+    args = (u, u, -torch.rand(4, 3), torch.randn(batch, 2, 3, length), torch.randn(batch, 2, 3, length))
+    if backend != "auto" and not get_backend(backend).empty_inputs:  # a kernel: its contract says no
+        with pytest.raises(ValueError, match=f"backend '{backend}' does not take empty inputs"):
+            selective_scan(*args, backend=backend)
+        return
+    y, last = selective_scan(*args, return_last_state=True, backend=backend)
     assert y.shape == (batch, 4, length) and last.shape == (batch, 4, 3)
     assert not last.any()
 
@@ -162,10 +171,82 @@ def test_auto_prefers_highest_priority_and_respects_dtype():
         assert calls == []  # fp32 input: fake_fast does not accept it
         selective_scan(t["u"].half(), t["delta"].half(), t["A"], t["B"].half(), t["C"].half())
         assert calls == [torch.float16]
-        with pytest.raises(ValueError, match="does not accept torch.float32"):
+        with pytest.raises(ValueError, match="takes torch.float16 inputs, not torch.float32"):
             selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], backend="fake_fast")
     finally:
         _BACKENDS.pop("fake_fast")
+
+
+@pytest.fixture
+def fake_backend():
+    """Register fake backends (a reference scan that counts its calls) for one test, then drop them."""
+    names, calls = [], []
+
+    def register(name, **contract):
+        def fn(u, delta, A, B, C, **kw):
+            calls.append((name, u.dtype, A.shape[1]))
+            return selective_scan_reference(u, delta, A, B, C, **kw)
+
+        names.append(name)
+        return register_backend(name, fn, **{"devices": ("cpu",), "priority": 1000, **contract})
+
+    register.calls = calls
+    yield register
+    for name in names:
+        _BACKENDS.pop(name, None)
+
+
+def test_contract_is_enforced_by_name_and_read_by_auto(fake_backend):
+    fake_backend("fake_small", max_d_state=2, empty_inputs=False, dtypes=(torch.float32,))
+    small = make_scan_inputs(1, 2, 3, 2, 1, dtype=torch.float32)
+    big = make_scan_inputs(1, 2, 3, 3, 1, dtype=torch.float32)
+    args = lambda t: [t[k] for k in ("u", "delta", "A", "B", "C")]  # noqa: E731
+    selective_scan(*args(small))
+    assert fake_backend.calls == [("fake_small", torch.float32, 2)]
+    selective_scan(*args(big))  # d_state 3: "auto" takes the next backend
+    selective_scan(*[t.double() for t in args(small)])  # float64: likewise
+    assert len(fake_backend.calls) == 1
+    with pytest.raises(ValueError, match=r"'fake_small' takes d_state \(N\) up to 2, not 3"):
+        selective_scan(*args(big), backend="fake_small")
+    with pytest.raises(ValueError, match="'fake_small' takes torch.float32 inputs, not torch.float64"):
+        selective_scan(*[t.double() for t in args(small)], backend="fake_small")
+    with pytest.raises(ValueError, match="'fake_small' runs on cpu tensors, not meta"):
+        selective_scan(*[t.to("meta") for t in args(small)], backend="fake_small")
+    assert len(fake_backend.calls) == 1  # never rerouted to it, never silently away from it
+
+
+def test_auto_skips_a_backend_that_fails_its_self_check_with_one_warning(fake_backend):
+    checks = []
+
+    def self_check(device, dtype):
+        checks.append((str(device), dtype))
+        if dtype == torch.float16:
+            raise RuntimeError("kernel did not compile")
+        return "y differs from the 'torch' backend by 0.5" if dtype == torch.float32 else None
+
+    fake_backend("fake_checked", self_check=self_check)
+    t = make_scan_inputs(1, 2, 3, 2, 1, dtype=torch.float32)
+    args = [t[k] for k in ("u", "delta", "A", "B", "C")]
+    with pytest.warns(RuntimeWarning, match="'fake_checked' .* failed its self-check on cpu with torch.float32"):
+        y = selective_scan(*args)
+    torch.testing.assert_close(y, selective_scan(*args, backend="torch"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning only: the result is kept
+        selective_scan(*args)
+        with pytest.raises(RuntimeError, match="'fake_checked' failed its self-check .* differs"):
+            selective_scan(*args, backend="fake_checked")
+    assert checks == [("cpu", torch.float32)] and fake_backend.calls == []
+    with pytest.warns(RuntimeWarning, match="kernel did not compile"):  # a crash is a failed check too
+        selective_scan(*[a.half() if a is not t["A"] else a for a in args])
+    selective_scan(*[a.double() for a in args])  # float64 passes its check: the backend runs
+    assert checks[1:] == [("cpu", torch.float16), ("cpu", torch.float64)]
+    assert fake_backend.calls == [("fake_checked", torch.float64, 2)]
+
+
+def test_arguments_after_C_are_keyword_only():
+    t = make_scan_inputs()
+    with pytest.raises(TypeError, match="positional"):
+        selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"])
 
 
 @pytest.mark.parametrize("change, message", [
@@ -186,14 +267,16 @@ def test_bad_inputs_raise_clear_errors(change, message):
     t = make_scan_inputs()
     change(t)
     with pytest.raises((ValueError, TypeError), match=message):
-        selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["delta_bias"], True, t["z"])
+        selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], delta_bias=t["delta_bias"],
+                       delta_softplus=True, z=t["z"])
 
 
-def test_auto_backend_compiles_fullgraph():
-    t = make_scan_inputs(1, 4, 10, 2, 1, dtype=torch.float32)
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_auto_backend_compiles_fullgraph(dynamic):
+    t = make_scan_inputs(2, 4, 10, 2, 1, dtype=torch.float32)
     args = [t[k] for k in ("u", "delta", "A", "B", "C", "D")]
-    f = lambda *a: selective_scan(*a, delta_softplus=True)  # noqa: E731
-    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    f = lambda *a: selective_scan(*a[:5], D=a[5], delta_softplus=True)  # noqa: E731
+    compiled = torch.compile(f, fullgraph=True, backend="eager", dynamic=dynamic)
     torch.testing.assert_close(compiled(*args), f(*args))
 
 

@@ -62,13 +62,16 @@ def test_builtin_dataset_by_name(tmp_path, monkeypatch):
     monkeypatch.setenv("VMAMBA_CACHE", str(tmp_path))
     load_pathfinder.cache_clear()
     train = build_dataset("pathfinder32-mini", "train")
-    val = build_dataset("pathfinder32-mini", "val")
+    val = build_dataset("pathfinder32-mini", "val")  # held out of the training images, like fashion-mnist's
+    test = build_dataset("pathfinder32-mini", "test")
     size, n_train, n_test = DATASETS["pathfinder32-mini"]
-    assert (len(train), len(val)) == (n_train, n_test)
+    assert (len(train) + len(val), len(test)) == (n_train, n_test)
+    assert len(val) == round(0.1 * n_train)
     assert train.classes == ["separate", "joined"]
     img, label = train[0]
     assert img.size == (size, size) and label in (0, 1)
     assert list(tmp_path.glob("pathfinder/pathfinder32-mini-*.npz"))
     load_pathfinder.cache_clear()
     again = build_dataset("pathfinder32-mini", "train")  # from the cache file: the same images
-    np.testing.assert_array_equal(again.images, train.images)
+    np.testing.assert_array_equal(again.base.images, train.base.images)
+    assert again.indices == train.indices

@@ -13,7 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vmamba.ops import cross_merge, cross_scan, scan_cpu, scan_order, selective_scan, selective_scan_reference
+from vmamba.ops import (
+    cross_merge, cross_scan, cross_selective_scan, scan_cpu, scan_order, selective_scan, selective_scan_reference,
+)
 from vmamba.ops.backends import resolve_backend
 
 TOL = 2e-5
@@ -83,7 +85,6 @@ SHAPES = [
     (1, 48, 130, 1, 4),
     (3, 7, 11, 5, 1),
     (1, 96, 200, 8, 4),
-    (1, 18, 17, 70, 2),  # N above the kernel's limit: falls through to the "torch" backend
 ]
 
 
@@ -201,6 +202,27 @@ def test_auto_selection_and_dtypes():
     assert resolve_backend("auto", "cpu", torch.float64).name == "torch"  # float64 gradchecks stay exact
 
 
+def test_contract_d_state_limit_and_empty_inputs():
+    """Above the kernel's d_state limit, or on an empty input, naming "cpu" is an error that says
+    so, and "auto" takes the "torch" backend (never a silent switch away from a named backend)."""
+    n = scan_cpu.MAX_STATE + 1
+    ins = make_inputs(1, 18, 17, n, 2, seed=3)
+    args = [ins[k] for k in ("u", "delta", "A", "B", "C")]
+    with pytest.raises(ValueError, match=rf"'cpu' takes d_state \(N\) up to {scan_cpu.MAX_STATE}, not {n}"):
+        selective_scan(*args, backend="cpu")
+    with pytest.raises(ValueError, match="'cpu' does not take empty inputs"):
+        small = make_inputs(0, 4, 5, 4, 1)
+        selective_scan(*[small[k] for k in ("u", "delta", "A", "B", "C")], backend="cpu")
+    assert resolve_backend("auto", "cpu", torch.float32, d_state=scan_cpu.MAX_STATE).name == "cpu"
+    assert resolve_backend("auto", "cpu", torch.float32, d_state=n).name == "torch"
+    assert resolve_backend("auto", "cpu", torch.float32, empty=True).name == "torch"
+    torch.testing.assert_close(selective_scan(*args), selective_scan(*args, backend="torch"))
+    c = cross_inputs(1, 4, 3, 5, n)
+    with pytest.raises(ValueError, match="'cpu' takes d_state"):
+        cross_selective_scan(**c, backend="cpu")
+    torch.testing.assert_close(cross_selective_scan(**c), cross_selective_scan(**c, backend="torch"))
+
+
 def test_deterministic_across_thread_counts():
     ins = make_inputs(2, 64, 150, 16, 4, seed=11, z=True)
     prev = torch.get_num_threads()
@@ -258,7 +280,7 @@ def test_fused_cross_scan_matches_composition(mode, size):
     names = list(ins)
     c_in = {k: v.clone().requires_grad_() for k, v in ins.items()}
     r_in = {k: v.double().requires_grad_() for k, v in ins.items()}
-    y_c = scan_cpu.cross_selective_scan_cpu(*[c_in[k] for k in names], delta_softplus=True, mode=mode)
+    y_c = scan_cpu.cross_selective_scan_cpu(**c_in, delta_softplus=True, mode=mode)
     y_r = composed_reference(*[r_in[k] for k in names], mode=mode)
     assert y_c.shape == (b, d, h, w) and y_c.dtype == torch.float32
     assert rel_err(y_c, y_r) <= TOL
@@ -273,11 +295,11 @@ def test_fused_cross_scan_matches_composition(mode, size):
 def test_fused_cross_scan_half_precision():
     ins = cross_inputs(1, 16, 6, 5, 16, seed=2)
     ins["x"], ins["delta"] = ins["x"].bfloat16(), ins["delta"].bfloat16()
-    y = scan_cpu.cross_selective_scan_cpu(*ins.values(), delta_softplus=True, mode="cross2d")
+    y = scan_cpu.cross_selective_scan_cpu(**ins, delta_softplus=True, mode="cross2d")
     assert y.dtype == torch.bfloat16
     ref = composed_reference(*[v.double() for v in ins.values()], mode="cross2d")
     assert rel_err(y, ref) <= 8e-3
-    y32 = scan_cpu.cross_selective_scan_cpu(*ins.values(), delta_softplus=True, mode="cross2d", out_float=True)
+    y32 = scan_cpu.cross_selective_scan_cpu(**ins, delta_softplus=True, mode="cross2d", out_float=True)
     assert y32.dtype == torch.float32 and rel_err(y32, ref) <= TOL
 
 
@@ -323,11 +345,10 @@ def test_torch_compile_fullgraph():
 
 
 def test_public_cross_selective_scan_uses_fused_kernel():
-    from vmamba.ops import cross_selective_scan
 
     ins = cross_inputs(2, 8, 3, 5, 4, seed=4)
     c_in = {k: v.clone().requires_grad_() for k, v in ins.items()}
-    y = cross_selective_scan(*c_in.values(), delta_softplus=True, mode="cross2d", backend="auto")
+    y = cross_selective_scan(**c_in, delta_softplus=True, mode="cross2d", backend="auto")
     assert y.grad_fn is not None and "cross_selective_scan_cpu" in type(y.grad_fn).__name__
     ref = composed_reference(*[v.double() for v in ins.values()], mode="cross2d")
     assert rel_err(y, ref) <= TOL
@@ -373,9 +394,9 @@ def test_strided_inputs_channel_last():
 def test_fused_cross_scan_strided_delta(mode):
     # SS2D's delta comes out of an einsum channel-last: (b, 4, d, H, W) with the d stride 1.
     ins = cross_inputs(2, 16, 5, 6, 4, seed=8)
-    ref = scan_cpu.cross_selective_scan_cpu(*ins.values(), delta_softplus=True, mode=mode)
+    ref = scan_cpu.cross_selective_scan_cpu(**ins, delta_softplus=True, mode=mode)
     d = ins["delta"].permute(1, 0, 3, 4, 2).contiguous().permute(1, 0, 4, 2, 3)
     x = ins["x"].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
     assert d.stride(2) == 1 and x.stride(1) == 1
-    out = scan_cpu.cross_selective_scan_cpu(x, d, *list(ins.values())[2:], delta_softplus=True, mode=mode)
+    out = scan_cpu.cross_selective_scan_cpu(**{**ins, "x": x, "delta": d}, delta_softplus=True, mode=mode)
     assert torch.equal(out, ref)

@@ -20,7 +20,7 @@ from vmamba.ops import (  # noqa: E402
     available_backends, cross_merge, cross_scan, cross_selective_scan, scan_order, scan_triton,
     selective_scan, selective_scan_reference,
 )
-from vmamba.ops.backends import resolve_backend  # noqa: E402
+from vmamba.ops.backends import get_backend, resolve_backend  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
@@ -187,10 +187,14 @@ def test_no_grad_forward_saves_nothing():
     assert states.numel() == 0 and y.shape == ins["u"].shape and last.shape == (1, 4, 4)
 
 
-def test_large_d_state_falls_back_to_torch_backend():
-    ins = make_inputs(1, 4, 10, scan_triton.MAX_STATE + 1, 1, seed=2)
-    out_t, out_r, g_t, g_r = run_both(ins, last=False)
-    assert rel_err(out_t[0].cpu(), out_r[0]) <= TOL
+def test_contract_declares_the_kernels_limits():
+    backend = get_backend("triton")
+    assert backend.max_d_state == scan_triton.MAX_STATE and not backend.empty_inputs
+    assert backend.refusal("cuda", torch.float16, d_state=scan_triton.MAX_STATE) is None
+    assert backend.refusal("cuda", torch.float32, d_state=33) == "takes d_state (N) up to 32, not 33"
+    assert "float64" in backend.refusal("cuda", torch.float64)
+    assert "empty" in backend.refusal("cuda", torch.float32, empty=True)
+    assert "not cpu" in backend.refusal("cpu", torch.float32)
 
 
 # ----------------------------------------------------------------------------- fused cross scan
@@ -225,7 +229,7 @@ def test_fused_cross_scan_matches_composition(mode, size):
     ins = cross_inputs(b, d, h, w, n, seed=h * w)
     t_in = {k: v.to(DEVICE).requires_grad_() for k, v in ins.items()}
     r_in = {k: v.double().requires_grad_() for k, v in ins.items()}
-    y_t = scan_triton.cross_selective_scan_triton(*t_in.values(), delta_softplus=True, mode=mode)
+    y_t = scan_triton.cross_selective_scan_triton(**t_in, delta_softplus=True, mode=mode)
     y_r = composed_reference(*r_in.values(), mode=mode)
     assert y_t.shape == (b, d, h, w) and y_t.dtype == torch.float32
     assert rel_err(y_t.cpu(), y_r) <= TOL
@@ -241,9 +245,9 @@ def test_fused_cross_scan_half_precision():
     ins = cross_inputs(1, 4, 3, 5, 4, seed=2, dtype=torch.bfloat16)
     t_in = {k: v.to(DEVICE) for k, v in ins.items()}
     ref = composed_reference(*[v.double() for v in ins.values()], mode="cross2d")
-    y = scan_triton.cross_selective_scan_triton(*t_in.values(), delta_softplus=True, mode="cross2d")
+    y = scan_triton.cross_selective_scan_triton(**t_in, delta_softplus=True, mode="cross2d")
     assert y.dtype == torch.bfloat16 and rel_err(y.cpu(), ref) <= HALF_TOL[torch.bfloat16]
-    y32 = scan_triton.cross_selective_scan_triton(*t_in.values(), delta_softplus=True, mode="cross2d",
+    y32 = scan_triton.cross_selective_scan_triton(**t_in, delta_softplus=True, mode="cross2d",
                                                   out_float=True)
     assert y32.dtype == torch.float32 and rel_err(y32.cpu(), ref) <= TOL
 
@@ -262,11 +266,11 @@ def test_strided_inputs_are_read_in_place():
         assert torch.equal(ga[k], gb[k]), k
     # the cross op with channel-last x and delta, as SS2D's einsum produces delta
     c = {k: v.to(DEVICE) for k, v in cross_inputs(1, 4, 3, 5, 4, seed=8).items()}
-    ref = scan_triton.cross_selective_scan_triton(*c.values(), delta_softplus=True, mode="cross2d")
+    ref = scan_triton.cross_selective_scan_triton(**c, delta_softplus=True, mode="cross2d")
     d = c["delta"].permute(1, 0, 3, 4, 2).contiguous().permute(1, 0, 4, 2, 3)
     x = c["x"].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
     assert d.stride(2) == 1 and x.stride(1) == 1
-    out = scan_triton.cross_selective_scan_triton(x, d, *list(c.values())[2:], delta_softplus=True, mode="cross2d")
+    out = scan_triton.cross_selective_scan_triton(**{**c, "x": x, "delta": d}, delta_softplus=True, mode="cross2d")
     assert torch.equal(out, ref)
 
 
@@ -336,13 +340,75 @@ def test_flop_counter_sees_the_kernels():
 # ----------------------------------------------------------------------------- registry
 
 def test_registered_only_where_it_runs():
-    from vmamba.ops.backends import get_backend
-
     backend = get_backend("triton")
     assert backend.devices == ("cuda",) and backend.cross_fn is scan_triton.cross_selective_scan_triton
     assert "triton" not in available_backends("cpu")
     assert resolve_backend("auto", "cpu", torch.float32).name != "triton"
     assert ("triton" in available_backends()) == (GPU and scan_triton.is_available())
+
+
+# ----------------------------------------------------------------------------- self-check
+
+def test_self_check_passes_on_working_kernels():
+    assert scan_triton.self_check(torch.device(DEVICE), torch.float32) is None
+
+
+def test_self_check_reports_a_wrong_answer(monkeypatch):
+    real = scan_triton.cross_selective_scan_triton
+    monkeypatch.setattr(scan_triton, "cross_selective_scan_triton", lambda *a, **k: real(*a, **k) * 1.01)
+    failure = scan_triton.self_check(torch.device(DEVICE), torch.float32)
+    assert failure.startswith("cross-scan y differs from the 'torch' backend by 0.0")
+
+
+def test_self_check_reports_a_compile_or_launch_error(monkeypatch):
+    def broken(t):
+        raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(scan_triton, "_kernels_for", broken)
+    assert "no kernel image" in scan_triton.self_check(torch.device(DEVICE), torch.float32)
+
+
+@pytest.fixture
+def triton_on_this_device(monkeypatch):
+    """The "triton" backend as registered, but usable on DEVICE (the interpreter on CPU) and with
+    its self-check results forgotten before and after."""
+    import dataclasses
+
+    from vmamba.ops import backends
+
+    record = backends._BACKENDS["triton"]
+    monkeypatch.setitem(backends._BACKENDS, "triton",
+                        dataclasses.replace(record, devices=(DEVICE,), is_available=lambda: True))
+    monkeypatch.setattr(backends, "_self_checks", {})
+    return backends
+
+
+def test_auto_uses_triton_once_its_self_check_passes(triton_on_this_device):
+    ins = make_inputs(1, 4, 12, 4, 1, z=True)
+    args = [ins[k].to(DEVICE) for k in NAMES[:5]]
+    assert resolve_backend("auto", DEVICE, torch.float32, d_state=4).name == "triton"
+    y = selective_scan(*args, D=ins["D"].to(DEVICE), delta_softplus=True)
+    assert rel_err(y, selective_scan(*args, D=ins["D"].to(DEVICE), delta_softplus=True, backend="torch")) <= TOL
+    assert list(triton_on_this_device._self_checks.values()) == [None]  # checked once, passed
+
+
+def test_failed_self_check_falls_back_with_one_warning(triton_on_this_device, monkeypatch):
+    import warnings
+
+    def broken(t):
+        raise RuntimeError("triton.CompilationError: out of resources")
+
+    monkeypatch.setattr(scan_triton, "_kernels_for", broken)
+    ins = make_inputs(1, 4, 12, 4, 1)
+    args = [ins[k].to(DEVICE) for k in NAMES[:5]]
+    with pytest.warns(RuntimeWarning, match="'triton' selective-scan backend failed its self-check"):
+        y = selective_scan(*args, delta_softplus=True)
+    assert rel_err(y, selective_scan(*args, delta_softplus=True, backend="torch")) <= TOL
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_backend("auto", DEVICE, torch.float32, d_state=4).name != "triton"
+        with pytest.raises(RuntimeError, match="'triton' failed its self-check .* out of resources"):
+            selective_scan(*args, backend="triton")
 
 
 @pytest.mark.skipif(GPU, reason="checks the CPU error path")
@@ -370,8 +436,8 @@ def test_full_size_stage_shapes_match_torch_backend(d_inner, n, hw):
     ins = cross_inputs(2, d_inner, hw, hw, n, seed=n)
     t_in = {k: v.cuda().requires_grad_() for k, v in ins.items()}
     r_in = {k: v.cuda().double().requires_grad_() for k, v in ins.items()}
-    y_t = cross_selective_scan(*t_in.values(), delta_softplus=True, mode="cross2d", backend="auto")
-    y_r = cross_selective_scan(*r_in.values(), delta_softplus=True, mode="cross2d", backend="torch")
+    y_t = cross_selective_scan(**t_in, delta_softplus=True, mode="cross2d", backend="auto")
+    y_r = cross_selective_scan(**r_in, delta_softplus=True, mode="cross2d", backend="torch")
     assert "cross_selective_scan_triton" in type(y_t.grad_fn).__name__
     assert rel_err(y_t, y_r) <= 2e-4
     gy = torch.randn(y_r.shape, device="cuda", dtype=torch.float64)

@@ -43,8 +43,8 @@ def test_zoo_through_timm():
     feats = timm.create_model("vanilla_vmamba_tiny", features_only=True, out_indices=(2, 3),
                               depths=(1, 1, 1, 1), dims=16)
     assert feats.feature_info.channels() == [64, 128]
-    with pytest.raises(ValueError, match="never downloads"):
-        timm.create_model("vmamba_tiny_s1l8", pretrained=True)
+    assert {"vmamba_tiny_s1l8.in1k", "vanilla_vmamba_small.in1k_ema"} <= set(timm.list_models(pretrained=True))
+    assert timm.models.get_pretrained_cfg("vmamba_tiny_s1l8.in1k").crop_pct == 0.875
 
 
 def test_importing_vmamba_does_not_import_timm():

@@ -237,6 +237,9 @@ def _is_safetensors(path: Path) -> bool:
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     """Read a weights file: returns (contents, safetensors metadata or {})."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file (a folder written by "
+                              f"save_pretrained loads with vmamba.load or vmamba.create_model)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if _is_safetensors(path):
@@ -328,6 +331,7 @@ def load_checkpoint(
     strict: bool = True,
     use_ema: bool = False,
     exclude: Iterable[str] = (),
+    name: str | None = None,
 ) -> LoadReport:
     """Load weights into ``model``: the authors' checkpoints, this project's, or safetensors.
 
@@ -340,6 +344,7 @@ def load_checkpoint(
         use_ema: take the 'model_ema' weights of a training checkpoint.
         exclude: key prefixes to skip on both sides, e.g. ``["classifier.head"]`` to fine-tune
             on another number of classes.
+        name: how errors name ``source`` when it is a dict (default: its path, or "state dict").
 
     Returns:
         LoadReport(missing, unexpected): what was left out (empty when strict).
@@ -347,7 +352,7 @@ def load_checkpoint(
     Raises:
         CheckpointError listing missing, unexpected and wrongly shaped keys; FileNotFoundError.
     """
-    name = str(source) if not isinstance(source, Mapping) else "state dict"
+    name = name or (str(source) if not isinstance(source, Mapping) else "state dict")
     contents = read_checkpoint(source)[0] if not isinstance(source, Mapping) else source
     state = extract_state_dict(contents, use_ema=use_ema, source=name)
     state = convert_official_state_dict(state, model)
@@ -413,37 +418,3 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
         meta = {"format": "pt", "vmamba_config": json.dumps(config), **(metadata or {})}
         return atomic_save(lambda tmp: save_file(state, tmp, metadata=meta), path)
     return atomic_save(lambda tmp: torch.save({"model": state, "config": config, **(metadata or {})}, tmp), path)
-
-
-def model_from_config(config: Mapping, **overrides) -> nn.Module:
-    """Rebuild a network from ``model.config`` (as saved by ``save_weights``)."""
-    from .models import VSSM, VSSMFeatures
-    from .models.vmamba import ZOO, build_vssm
-
-    config = {**config, **overrides}
-    architecture = config.pop("architecture", None)
-    if architecture in ZOO:
-        return build_vssm(architecture, **config)
-    if config.pop("features_only", False):
-        return VSSMFeatures(**config)
-    return VSSM(**config)
-
-
-def stored_config(contents: Mapping, metadata: Mapping[str, str]) -> dict | None:
-    """The model config a file of this project carries (safetensors metadata or 'config'), or None."""
-    if "vmamba_config" in metadata:
-        return json.loads(metadata["vmamba_config"])
-    config = contents.get("config")
-    return dict(config) if isinstance(config, Mapping) and "depths" in config else None
-
-
-def load_model(path: str | os.PathLike, use_ema: bool = False, **overrides) -> nn.Module:
-    """Rebuild and load a model saved by this project (safetensors or torch checkpoint)."""
-    contents, metadata = read_checkpoint(path)
-    config = stored_config(contents, metadata)
-    if config is None:
-        raise CheckpointError(f"{path}: no model config stored; build the model yourself and "
-                              f"call load_checkpoint(model, path)")
-    model = model_from_config(config, **overrides)
-    load_checkpoint(model, contents, use_ema=use_ema)
-    return model

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..utils import progress_bar, pyplot
+
 # Short names of timm peers -> timm model names.
 PEERS = {
     "deit_small": "deit_small_patch16_224",
@@ -158,7 +160,7 @@ def run_benchmarks(models, sizes, batches=(1,), modes=("infer",), device="cpu", 
                    amp=False, scan_backend="auto", progress=True) -> list[BenchRow]:
     """Measure every (model, size, batch, mode); a configuration that fails is kept with its error."""
     configs = [(m, s, b, mode) for m in models for s in sizes for b in batches for mode in modes]
-    bar = _progress(len(configs), progress)
+    bar = progress_bar(len(configs), enabled=progress)
     rows = []
     for name, size, batch, mode in configs:
         size = (size, size) if isinstance(size, int) else tuple(size)
@@ -176,28 +178,6 @@ def run_benchmarks(models, sizes, batches=(1,), modes=("infer",), device="cpu", 
             bar.update(1)
     bar.close()
     return rows
-
-
-def _progress(total: int, enabled: bool):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        tqdm = None
-    if tqdm is not None:
-        return tqdm(total=total, disable=not enabled, leave=False)
-
-    class Plain:
-        def set_description(self, text):
-            if enabled:
-                print(f"  {text} ...", flush=True)
-
-        def update(self, n):
-            pass
-
-        def close(self):
-            pass
-
-    return Plain()
 
 
 def fit_exponents(rows: list[BenchRow]) -> dict[tuple[str, str, int], float]:
@@ -251,12 +231,8 @@ def write_results(rows: list[BenchRow], out_dir: str | Path) -> dict[str, Path]:
 
 def plot_scaling(rows: list[BenchRow], path: str | Path) -> Path | None:
     """Log-log plot of seconds per image against pixels, one line per model, with exponents."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fits = fit_exponents(rows)
     fig, ax = plt.subplots(figsize=(7, 5))

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 
 from ..models import VSSM, VSSMFeatures
 from ..models.vmamba import IMAGENET_MEAN, IMAGENET_STD
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+from ..utils import IMAGE_EXTENSIONS, progress_bar, pyplot
 
 
 def last_feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -49,7 +48,8 @@ def erf_map(model: nn.Module, images: Iterable[torch.Tensor], progress: bool = F
     model.eval()
     total, count = None, 0
     device = next(model.parameters()).device
-    for img in _progress(images, progress):
+    bar = progress_bar(len(images) if hasattr(images, "__len__") else None, "erf", progress)
+    for img in images:
         x = img if img.dim() == 4 else img[None]
         if getattr(model, "in_chans", x.shape[1]) == 1 and x.shape[1] != 1:
             x = x.mean(dim=1, keepdim=True)
@@ -61,6 +61,8 @@ def erf_map(model: nn.Module, images: Iterable[torch.Tensor], progress: bool = F
         contribution = F.relu(grad).sum(dim=(0, 1)).detach().double().cpu()
         total = contribution if total is None else total + contribution
         count += x.shape[0]
+        bar.update(1)
+    bar.close()
     if total is None:
         raise ValueError("erf_map: no images given")
     return (total / count).numpy()
@@ -110,9 +112,9 @@ def load_images(folder: str | Path | None, size: int, count: int = 16) -> list[t
     else:
         from PIL import Image
 
-        files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+        files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:count]
         if not files:
-            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {folder}")
+            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}")
         raw = [torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
                for f in files]
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
@@ -123,12 +125,8 @@ def load_images(folder: str | Path | None, size: int, count: int = 16) -> list[t
 
 def plot_erfs(maps: dict[str, np.ndarray], path: str | Path, title: str = "Effective receptive field") -> Path | None:
     """Heat maps side by side, log-scaled and normalised per model as in RepLKNet's figures."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 3.4), squeeze=False)
     for ax, (name, erf) in zip(axes[0], maps.items()):
@@ -142,13 +140,3 @@ def plot_erfs(maps: dict[str, np.ndarray], path: str | Path, title: str = "Effec
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
-
-
-def _progress(items, enabled: bool):
-    if not enabled:
-        return items
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, leave=False)

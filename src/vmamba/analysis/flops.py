@@ -7,8 +7,10 @@ selective scan counts 9*B*D*L*N + B*D*L (+ B*D*L for the skip term when D is use
 in the second term, as the authors count it).
 
 The model runs on the ``meta`` device, so counting a base model at 1024x1024 costs no compute.
-The scan runs through a private custom op ("vmamba::scan_flop_probe") that torch's
-``FlopCounterMode`` sees as one operation with the formula above.
+A copy of the model scans through a private custom op ("vmamba::scan_flop_probe") that torch's
+``FlopCounterMode`` sees as one operation with the formula above: the copy is given the probe as
+its scan backend object (:class:`vmamba.ops.ScanBackend`, never registered), so counting leaves the
+op's registry as it was.
 """
 from __future__ import annotations
 
@@ -20,12 +22,10 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
-from ..ops.backends import register_backend
+from ..ops import ScanBackend, selective_scan_torch
 from ..ops.scan_common import scan_flops
-from ..ops.scan_torch import selective_scan_torch
 
 aten = torch.ops.aten
-PROBE_BACKEND = "_flop_probe"
 # Module names whose FLOPs make up the per-part breakdown, and the part each belongs to.
 _PART = re.compile(r"^(patch_embed|classifier|outnorm\d+|layers\.\d+)(?:\.blocks\.\d+|\.downsample|\.norm)?$")
 
@@ -34,7 +34,8 @@ _PART = re.compile(r"^(patch_embed|classifier|outnorm\d+|layers\.\d+)(?:\.blocks
 def _scan_probe(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                 D: torch.Tensor | None, delta_bias: torch.Tensor | None, delta_softplus: bool,
                 out_float: bool) -> torch.Tensor:
-    return selective_scan_torch(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float=out_float).clone()
+    return selective_scan_torch(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                                out_float=out_float).clone()
 
 
 @_scan_probe.register_fake
@@ -42,15 +43,15 @@ def _(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float):
     return u.new_empty(u.shape, dtype=torch.float32 if out_float else u.dtype)
 
 
-def _probe_backend(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, z=None,
-                   return_last_state=False, out_float=False):
+def _probe_scan(u, delta, A, B, C, *, D=None, delta_bias=None, delta_softplus=False, z=None,
+                return_last_state=False, out_float=False):
     if z is not None or return_last_state:
         raise ValueError("the FLOP probe supports neither z nor return_last_state")
     return _scan_probe(u, delta, A, B, C, D, delta_bias, delta_softplus, out_float)
 
 
-register_backend(PROBE_BACKEND, _probe_backend, priority=-1000,
-                 description="private: counts the scan as one op for FlopCounterMode")
+# The scan backend of the model copy being counted; deliberately not in the registry.
+PROBE_BACKEND = ScanBackend("flop probe", _probe_scan, description="counts the scan as one op for FlopCounterMode")
 
 
 # FlopCounterMode counts 2 per multiply-add; these formulas follow the same unit, and the
@@ -108,8 +109,9 @@ def count_flops(model: nn.Module, size: tuple[int, int] = (224, 224), batch: int
     """
     params = sum(p.numel() for p in model.parameters())
     probe = copy.deepcopy(model).to("meta").eval()
-    if hasattr(probe, "set_scan_backend"):
-        probe.set_scan_backend(PROBE_BACKEND)
+    for m in probe.modules():  # every SS2D of the copy scans through the probe
+        if hasattr(m, "scan_backend"):
+            m.scan_backend = PROBE_BACKEND
     x = torch.empty(batch, getattr(model, "in_chans", 3), *size, device="meta")
     counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM)
     with counter, torch.no_grad():

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..utils import pyplot
+
 
 def resolution_scaling(checkpoint: str | os.PathLike, sizes, data: str = "fashion-mnist", split: str = "val",
                        model: str | None = None, batch_size: int = 100, device: str = "cpu",
@@ -30,12 +32,8 @@ def resolution_scaling(checkpoint: str | os.PathLike, sizes, data: str = "fashio
 
 def plot_resolution_scaling(rows: list[dict], path: str | Path, title: str = "") -> Path | None:
     """Accuracy (left axis) and GFLOPs (right axis) against input size."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     sizes = [r["size"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))

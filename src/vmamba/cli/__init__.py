@@ -11,7 +11,8 @@ import importlib
 import sys
 
 # Subcommand modules, in the order ``vmamba --help`` lists them.
-COMMANDS = ["demo", "models", "train", "evaluate", "predict", "export", "flops", "bench", "erf", "scaling", "dense", "study"]
+COMMANDS = ["demo", "models", "train", "evaluate", "predict", "export", "flops", "bench", "erf", "scaling", "dense", "peers",
+            "study"]
 
 
 class UsageError(Exception):

@@ -5,6 +5,18 @@ import os
 import time
 
 from . import UsageError
+from .validate import check_output_file, float_range, int_range, positive_int
+
+MIN_OPSET = 18  # torch.onnx's exporter (torch.export based) writes opset 18 and later
+
+
+def max_opset() -> int:
+    """The newest ONNX opset the installed torch.onnx exporter writes."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET
+    except ImportError:
+        return MIN_OPSET
+    return ONNX_MAX_OPSET
 
 
 def add_parser(sub) -> None:
@@ -12,40 +24,43 @@ def add_parser(sub) -> None:
                        description="Exports trace the portable 'torch' scan; the batch is dynamic unless "
                                    "--batch is given. With --dynamic-size the file accepts any height and "
                                    "width that are multiples of 32; otherwise only --size.")
-    p.add_argument("model", help="registered model name (see `vmamba models`), a save_pretrained folder, "
-                                 "or a file written by vmamba (training checkpoint, .safetensors)")
+    p.add_argument("model", help="registered model name (see `vmamba models`), a published NAME.TAG, a "
+                                 "save_pretrained folder, a file written by vmamba (training checkpoint, "
+                                 ".safetensors) or a URL")
+    p.add_argument("--pretrained", action="store_true", help="a model name: with its published ImageNet weights")
     p.add_argument("--checkpoint", help="weights to load into the named model (e.g. the authors' .pth)")
     p.add_argument("--ema", action="store_true", help="take the checkpoint's EMA weights")
-    p.add_argument("--num-classes", type=int, help="classes of the head (default: the model's / checkpoint's)")
+    p.add_argument("--num-classes", type=int_range(0), help="classes of the head (default: the model's / checkpoint's)")
     p.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
-    p.add_argument("--size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"),
+    p.add_argument("--size", type=positive_int, nargs=2, default=(224, 224), metavar=("H", "W"),
                    help="input height and width (default: %(default)s)")
-    p.add_argument("--batch", type=int, help="a fixed batch size (default: dynamic)")
+    p.add_argument("--batch", type=positive_int, help="a fixed batch size (default: dynamic)")
     p.add_argument("--dynamic-size", action="store_true", help="accept any H, W that are multiples of 32")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--opset", type=int_range(MIN_OPSET), default=18,
+                   help=f"ONNX opset, {MIN_OPSET} or later (default: %(default)s)")
     p.add_argument("--no-verify", action="store_true", help="skip running the file against eager PyTorch")
-    p.add_argument("--tolerance", type=float, default=1e-4,
+    p.add_argument("--tolerance", type=float_range(0, low_open=True), default=1e-4,
                    help="largest |exported - eager| accepted, relative to max(1, |eager|) (default: %(default)s)")
     p.add_argument("-o", "--output", required=True, help="file to write (.onnx or .pt2)")
     p.set_defaults(func=run)
 
 
 def _load(args):
-    from .. import create_model, list_models, load_checkpoint
+    """The model to export, through the one loader (vmamba.load)."""
+    from ..checkpoint import CheckpointError
+    from ..pretrained import load
 
-    kw = {"num_classes": args.num_classes} if args.num_classes else {}
-    if os.path.exists(args.model):
+    if args.checkpoint and (args.pretrained or "." in args.model or "/" in args.model):
+        raise UsageError("--checkpoint goes with a model name (not a saved model, a tag or --pretrained)")
+    try:
         if args.checkpoint:
-            raise UsageError("--checkpoint goes with a model name, not with a saved model")
-        from ..train.inference import load_for_inference
-
-        return load_for_inference(args.model, num_classes=args.num_classes, use_ema=args.ema or None)[0]
-    if args.model not in list_models():
-        raise UsageError(f"unknown model {args.model!r}: not a file or folder, and not one of {', '.join(list_models())}")
-    model = create_model(args.model, **kw)
-    if args.checkpoint:
-        load_checkpoint(model, args.checkpoint, use_ema=args.ema)
-    return model.eval()
+            loaded = load(args.checkpoint, model=args.model, num_classes=args.num_classes, use_ema=args.ema or None)
+        else:
+            loaded = load(args.model, pretrained=args.pretrained, num_classes=args.num_classes,
+                          use_ema=args.ema or None)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    return loaded.model.eval()
 
 
 def verify(exported, model, size, batch, dynamic_size: bool, tolerance: float) -> list[tuple]:
@@ -75,11 +90,12 @@ def run(args) -> int:
     from ..deploy import (ExportError, ExportedModel, OnnxModel, accepted_inputs, export_onnx, export_program,
                           save_program)
 
-    if min(args.size) < 1 or (args.batch is not None and args.batch < 1):
-        raise UsageError("--size and --batch must be positive")
     want = ".onnx" if args.format == "onnx" else ".pt2"
     if not args.output.endswith(want):
         raise UsageError(f"--format {args.format} writes a {want} file; got -o {args.output}")
+    if args.format == "onnx" and args.opset > max_opset():
+        raise UsageError(f"--opset {args.opset}: not allowed; this torch.onnx writes opsets {MIN_OPSET} to {max_opset()}")
+    check_output_file(args.output, "-o/--output")  # before a export of many seconds
     model = _load(args)
     dynamic_batch = args.batch is None
     batch = args.batch or 1

@@ -11,7 +11,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("scaling", help="accuracy and FLOPs of a trained model across input resolutions",
                        description="The paper's input-scaling study: evaluate a model trained at one size "
                                    "at several others.")
-    p.add_argument("checkpoint", help="a trained model (e.g. the output of `vmamba train`)")
+    p.add_argument("checkpoint", metavar="SOURCE",
+                   help="a trained model: the output of `vmamba train`, a published NAME.TAG, a folder or a URL")
     p.add_argument("--sizes", type=int, nargs="+", default=None,
                    help="input sides (default: 1x, 1.5x, 2x, 3x, 4x the training size)")
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder root")

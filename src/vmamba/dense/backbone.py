@@ -10,13 +10,13 @@ stages in eval mode.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch.nn as nn
 from mmengine.model import BaseModule
 
-from ..checkpoint import (CheckpointError, _fit_linear_shapes, convert_official_state_dict,
-                          extract_state_dict, load_checkpoint, read_checkpoint)
+from ..checkpoint import CheckpointError, _fit_linear_shapes, convert_official_state_dict, extract_state_dict, load_checkpoint
 from ..models.vmamba import ZOO, VSSMFeatures
 
 __all__ = ["VMambaBackbone", "load_backbone_weights", "register_backbones", "zoo_backbone_config"]
@@ -26,16 +26,14 @@ def zoo_backbone_config(arch: str, **overrides) -> dict:
     """The VSSM keyword arguments of zoo model ``arch`` with ``overrides`` applied."""
     if arch not in ZOO:
         raise ValueError(f"unknown VMamba arch {arch!r}; choose from {sorted(ZOO)}")
-    family, depths, dims, ssm_ratio, drop_path_rate = ZOO[arch]
-    cfg = dict(family, depths=depths, dims=dims, ssm_ratio=ssm_ratio, drop_path_rate=drop_path_rate)
-    cfg.update(overrides)
-    return cfg
+    return {**ZOO[arch], **overrides}
 
 
 def load_backbone_weights(backbone: VSSMFeatures, source, use_ema: bool = False) -> None:
     """Initialise a backbone from a classification or dense checkpoint, strictly.
 
-    ``source`` is a path or a loaded dict: this project's checkpoints and safetensors files,
+    ``source`` is a path, a URL, a published tag (``'vmamba_tiny_s1l8.in1k'``, downloaded once into
+    torch hub's cache) or a loaded dict: this project's checkpoints and safetensors files,
     the authors' classification checkpoints (``use_ema=True`` takes their 'model_ema'), or a
     detection/segmentation checkpoint (its ``backbone.*`` part). The classifier is ignored;
     the per-stage norms ``outnorm{i}`` are taken when the file has them (a dense checkpoint)
@@ -43,8 +41,17 @@ def load_backbone_weights(backbone: VSSMFeatures, source, use_ema: bool = False)
     weight must be there with the right shape, or a :class:`vmamba.CheckpointError` lists
     what does not fit.
     """
-    name = "state dict" if isinstance(source, Mapping) else str(source)
-    contents = source if isinstance(source, Mapping) else read_checkpoint(source)[0]
+    from . import PREFIX, with_checkpoint
+    from ..models import registry
+    from ..models.weights import get_weights, split_tag
+
+    text = str(source).removeprefix(PREFIX) if isinstance(source, (str, Path)) else None
+    if text is not None and not Path(text).exists() and registry.is_model(split_tag(text)[0]):
+        use_ema = use_ema or get_weights(text).weights == "model_ema"  # the published tag says which
+    return with_checkpoint(source, lambda contents, name: _load_backbone(backbone, contents, name, use_ema))
+
+
+def _load_backbone(backbone: VSSMFeatures, contents: Mapping, name: str, use_ema: bool) -> None:
     state = convert_official_state_dict(extract_state_dict(contents, use_ema=use_ema, source=name), backbone)
     keep = {f"outnorm{i}." for i in backbone.out_indices}
     state = {k: v for k, v in state.items()
@@ -163,7 +170,11 @@ ZOO_BACKBONES = {name: _zoo_class(name) for name in ZOO}
 
 
 def register_backbones(registry) -> list[str]:
-    """Register ``VMambaBackbone`` as 'VMamba' and each zoo model under its own name."""
+    """Register ``VMambaBackbone`` as 'VMamba' and each zoo model under its own name (and the
+    ``vmamba://`` checkpoint scheme with mmengine)."""
+    from . import register_checkpoint_scheme
+
+    register_checkpoint_scheme()  # load_from='vmamba://NAME.TAG' (the authors' published checkpoints)
     registry.register_module(name="VMamba", module=VMambaBackbone, force=True)
     for name, cls in ZOO_BACKBONES.items():
         registry.register_module(name=name, module=cls, force=True)

@@ -1,7 +1,9 @@
 """Small layers of the VMamba backbone: stems, downsamplers, MLP, drop path.
 
-Activations between layers are channel-last (B, H, W, C); convolutions run channel-first, with a
-``Permute`` on each side. The stems and downsamplers are ``nn.Sequential`` with the same child
+Activations between layers are channel-last (B, H, W, C). Convolutions take them through a
+``Permute`` view, i.e. as NCHW tensors whose memory is channel-last, and keep their weights in
+that layout too (:func:`channels_last_conv`): oneDNN's NHWC kernels then run without reordering
+anything, and the outputs are channel-last again, so the ``Permute`` after a conv is free. The stems and downsamplers are ``nn.Sequential`` with the same child
 indices as the authors' release, so parameter names (``patch_embed.0``, ``downsample.1``, ...)
 match their checkpoints.
 """
@@ -31,6 +33,33 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
 def to_channels_first(x: torch.Tensor) -> torch.Tensor:
     """(B, H, W, C) -> (B, C, H, W)."""
     return x.permute(0, 3, 1, 2)
+
+
+def check_arg(ok: bool, name: str, value, allowed: str) -> None:
+    """Raise ``ValueError`` naming the constructor argument, its value and what is allowed."""
+    if not ok:
+        raise ValueError(f"{name}={value!r} is not allowed: {name} must be {allowed}")
+
+
+def is_int(value) -> bool:
+    """An int, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def channels_last_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    """``conv`` with its weight stored channel-last (the memory of an (O, kh, kw, I) tensor).
+
+    With the weight in that layout a convolution always runs in NHWC (also on an NCHW input,
+    which it converts once), so the channel-last activations are never reordered and the weight
+    is not copied per call; its gradient comes back in the same layout as the weight, which is
+    what DistributedDataParallel's gradient buckets expect (for a depthwise weight (C, 1, k, k)
+    both layouts count as contiguous, and the gradient's strides would otherwise depend on the
+    input's size). Values are unchanged.
+    """
+    w = conv.weight.data
+    o, i, kh, kw = w.shape
+    conv.weight.data = w.new_empty((o, kh, kw, i)).permute(0, 3, 1, 2).copy_(w)
+    return conv
 
 
 class DropPath(nn.Module):
@@ -74,7 +103,7 @@ class PatchEmbedV1(nn.Sequential):
 
     def __init__(self, in_chans: int, dim: int, patch_size: int = 4, norm: bool = True):
         super().__init__(
-            nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size, bias=True),
+            channels_last_conv(nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size, bias=True)),
             Permute(0, 2, 3, 1),
             _norm(dim, norm),
         )
@@ -90,12 +119,12 @@ class PatchEmbedV2(nn.Sequential):
         stride = patch_size // 2
         k = stride + 1
         super().__init__(
-            nn.Conv2d(in_chans, dim // 2, kernel_size=k, stride=stride, padding=1),
+            channels_last_conv(nn.Conv2d(in_chans, dim // 2, kernel_size=k, stride=stride, padding=1)),
             Permute(0, 2, 3, 1),
             _norm(dim // 2, norm),
             Permute(0, 3, 1, 2),
             nn.GELU(),
-            nn.Conv2d(dim // 2, dim, kernel_size=k, stride=stride, padding=1),
+            channels_last_conv(nn.Conv2d(dim // 2, dim, kernel_size=k, stride=stride, padding=1)),
             Permute(0, 2, 3, 1),
             _norm(dim, norm),
         )
@@ -129,7 +158,8 @@ class ConvDownsample(nn.Sequential):
     def __init__(self, dim: int, out_dim: int, version: str = "v3"):
         conv = (nn.Conv2d(dim, out_dim, kernel_size=2, stride=2) if version == "v2"
                 else nn.Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1))
-        super().__init__(Permute(0, 3, 1, 2), conv, Permute(0, 2, 3, 1), nn.LayerNorm(out_dim, eps=1e-5))
+        super().__init__(Permute(0, 3, 1, 2), channels_last_conv(conv), Permute(0, 2, 3, 1),
+                         nn.LayerNorm(out_dim, eps=1e-5))
 
 
 def make_patch_embed(version: str, in_chans: int, dim: int, patch_size: int, norm: bool) -> nn.Module:

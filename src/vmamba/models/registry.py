@@ -1,11 +1,17 @@
-"""Model registry: ``register_model``, ``list_models`` and ``create_model`` (timm-style)."""
+"""Model registry: ``register_model``, ``list_models`` and ``create_model`` (timm-style).
+
+This module only builds architectures. Loading weights (the authors' published files, your
+checkpoints, folders, URLs) is :func:`vmamba.create_model` / :func:`vmamba.load`, which build
+through here.
+"""
 from __future__ import annotations
 
 import fnmatch
-import os
 from typing import Callable
 
 import torch.nn as nn
+
+from .weights import PRETRAINED, split_tag
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -16,10 +22,16 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Registered model names, sorted; only those matching the shell-style ``pattern`` if given."""
-    names = sorted(_MODELS)
-    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+def list_models(pattern: str | None = None, pretrained: bool = False) -> list[str]:
+    """Registered model names, sorted; only those matching the shell-style ``pattern`` if given.
+
+    ``pretrained=True`` lists the published ImageNet weights instead, as ``model.tag`` names
+    (timm's spelling); the detection/segmentation checkpoints are in ``vmamba.models.PRETRAINED``.
+    """
+    names = sorted(w.name for w in PRETRAINED.values() if w.model in _MODELS and w.task == "classification") \
+        if pretrained else sorted(_MODELS)
+    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)
+            or (pretrained and fnmatch.fnmatch(split_tag(n)[0], pattern))]
 
 
 def is_model(name: str) -> bool:
@@ -27,42 +39,25 @@ def is_model(name: str) -> bool:
     return name in _MODELS
 
 
-def create_model(
-    name: str,
-    pretrained: bool = False,
-    checkpoint_path: str | None = None,
-    **kwargs,
-) -> nn.Module:
-    """Build the registered model ``name``.
+def unknown_model_message(name: str) -> str:
+    """'unknown model ...' with the registered names closest to ``name``."""
+    close = [n for n in _MODELS if name.split("_")[0] in n]
+    return f"unknown model {name!r}; registered models: {close or sorted(_MODELS)}"
+
+
+def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """Build the registered architecture ``name`` with random weights.
 
     Args:
-        name: one of ``list_models()``, or a folder written by ``vmamba.save_pretrained`` (also
-            as ``"local-dir:FOLDER"``, timm's spelling) or a file written by ``save_weights``.
-        pretrained: not supported (nothing is ever downloaded); pass ``checkpoint_path``.
-        checkpoint_path: weights to load strictly after building (the authors' checkpoints,
-            this project's, or safetensors); see :func:`vmamba.load_checkpoint`.
+        name: one of ``list_models()``.
+        pretrained: must be False here; :func:`vmamba.create_model` loads published weights.
         **kwargs: overrides of the model's configuration, e.g. ``num_classes``,
             ``drop_path_rate``, ``scan_backend``, or ``features_only=True, out_indices=(...)``
             for the multi-scale backbone.
     """
-    if name not in _MODELS and (name.startswith("local-dir:") or os.path.exists(name)):
-        from ..pretrained import from_pretrained  # a folder from save_pretrained, or a saved file
-
-        if pretrained or checkpoint_path is not None:
-            raise ValueError(f"create_model({name!r}): a saved model brings its own weights; "
-                             f"pretrained/checkpoint_path do not apply")
-        return from_pretrained(name, **kwargs)
     if name not in _MODELS:
-        close = [n for n in _MODELS if name.split("_")[0] in n]
-        raise ValueError(f"unknown model {name!r}; registered models: {close or sorted(_MODELS)}")
+        raise ValueError(unknown_model_message(name))
     if pretrained:
-        raise ValueError(
-            "pretrained=True: vmamba never downloads weights. Download a checkpoint yourself "
-            "and pass checkpoint_path=... (or call vmamba.load_checkpoint)."
-        )
-    model = _MODELS[name](**kwargs)
-    if checkpoint_path is not None:
-        from ..checkpoint import load_checkpoint
-
-        load_checkpoint(model, checkpoint_path)
-    return model
+        raise ValueError("vmamba.models.create_model builds architectures only; "
+                         "use vmamba.create_model(name, pretrained=True) for published weights")
+    return _MODELS[name](**kwargs)

@@ -1,4 +1,4 @@
-"""SS2D: the 2D selective-scan mixer of VMamba (spec sections 3-5).
+"""SS2D: the 2D selective-scan mixer of VMamba (arXiv 2401.10166).
 
 One module covers both families of the authors' release:
 
@@ -16,10 +16,29 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import cross_selective_scan
-from .layers import to_channels_first
+from ..ops import SCAN_MODES, cross_selective_scan, get_backend
+from .layers import channels_last_conv, check_arg, is_int, to_channels_first
 
 K_DIRECTIONS = 4
+
+
+def check_ss2d_args(d_model, d_state, ssm_ratio, dt_rank, d_conv, dropout, scan_mode, scan_backend) -> None:
+    """``ValueError`` naming the first SS2D setting that cannot build a working mixer."""
+    check_arg(is_int(d_model) and d_model > 0, "d_model", d_model, "a positive int")
+    check_arg(is_int(d_state) and d_state > 0, "d_state", d_state, "a positive int (the SSM state size)")
+    check_arg(isinstance(ssm_ratio, (int, float)) and not isinstance(ssm_ratio, bool) and ssm_ratio > 0
+              and int(ssm_ratio * d_model) > 0, "ssm_ratio", ssm_ratio,
+              f"a positive number with int(ssm_ratio * {d_model}) >= 1 inner channels")
+    check_arg(dt_rank == "auto" or (is_int(dt_rank) and dt_rank > 0), "dt_rank", dt_rank, "'auto' or a positive int")
+    check_arg(is_int(d_conv) and d_conv >= 0 and (d_conv < 2 or d_conv % 2 == 1), "d_conv", d_conv,
+              "an odd kernel size, or 0/1 for no conv")
+    check_arg(isinstance(dropout, (int, float)) and 0 <= dropout < 1, "dropout", dropout, "in [0, 1)")
+    check_arg(scan_mode in SCAN_MODES, "scan_mode", scan_mode, f"one of {', '.join(map(repr, SCAN_MODES))}")
+    if scan_backend != "auto":
+        try:
+            get_backend(scan_backend)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"scan_backend={scan_backend!r} is not allowed: {e}") from None
 
 
 class SS2D(nn.Module):
@@ -52,6 +71,8 @@ class SS2D(nn.Module):
         scan_backend: str = "auto",
     ):
         super().__init__()
+        check_ss2d_args(d_model=d_model, d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv,
+                        dropout=dropout, scan_mode=scan_mode, scan_backend=scan_backend)
         d_inner = int(ssm_ratio * d_model)
         self.d_inner, self.d_state = d_inner, d_state
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
@@ -62,8 +83,8 @@ class SS2D(nn.Module):
 
         self.in_proj = nn.Linear(d_model, d_inner * (2 if z_gate else 1), bias=False)
         self.conv2d = (
-            nn.Conv2d(d_inner, d_inner, kernel_size=d_conv, padding=(d_conv - 1) // 2,
-                      groups=d_inner, bias=conv_bias)
+            channels_last_conv(nn.Conv2d(d_inner, d_inner, kernel_size=d_conv, padding=(d_conv - 1) // 2,
+                                         groups=d_inner, bias=conv_bias))
             if d_conv > 1 else None
         )
         self.act = nn.SiLU()
@@ -76,10 +97,13 @@ class SS2D(nn.Module):
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_ssm_parameters()
+        # Stored as its transpose (k, r, d) in memory, the layout its product in forward_core
+        # reads and its gradient comes back in (no copy per step; DDP buckets match it).
+        self.dt_projs_weight.data = torch.empty(k, r, d_inner).transpose(1, 2).copy_(self.dt_projs_weight.data)
 
     @torch.no_grad()
     def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4) -> None:
-        """The authors' 'v0' initialisation of the SSM parameters (spec section 5)."""
+        """The authors' 'v0' initialisation of the SSM parameters."""
         d_inner, r, n = self.d_inner, self.dt_rank, self.d_state
         bound = d_inner ** -0.5  # nn.Linear's default for the stacked x projections
         self.x_proj_weight.uniform_(-bound, bound)
@@ -95,34 +119,43 @@ class SS2D(nn.Module):
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
         """The 4-direction selective scan: (B, d_inner, H, W) -> (B, H, W, d_inner), fp32.
 
-        The projections run per pixel (the same numbers as projecting each scan sequence), so
-        the op receives every input in pixel layout and may fold the scan orders into its
-        kernel instead of materialising four copies.
+        ``x`` is best channel-last in memory (as the depthwise conv leaves it). The projections
+        run per pixel on channel-last rows (the same numbers as projecting each scan sequence)
+        and the step sizes come out channel-last too, so the op reads every input in pixel
+        layout without a copy and may fold the scan orders into its kernel.
         """
         r, n = self.dt_rank, self.d_state
         b, d, h, w = x.shape
         k = self.x_proj_weight.shape[0]
         # Plain matmuls rather than einsum: the same arithmetic, and fast in ONNX runtimes.
-        x_dbl = torch.matmul(self.x_proj_weight.reshape(-1, d), x.reshape(b, d, h * w)).view(b, k, -1, h * w)
+        x_dbl = F.linear(x.permute(0, 2, 3, 1), self.x_proj_weight.reshape(-1, d)).view(b * h * w, k, r + 2 * n)
         dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = torch.matmul(self.dt_projs_weight, dts).view(b, k, -1, h, w)
-        Bs, Cs = Bs.view(b, k, n, h, w), Cs.view(b, k, n, h, w)
+        # delta of direction k for every pixel, channel-last: (k, B*H*W, d) viewed as (B, k, d, H, W)
+        delta = torch.bmm(dts.transpose(0, 1), self.dt_projs_weight.transpose(1, 2))
+        delta = delta.view(k, b, h, w, d).permute(1, 0, 4, 2, 3)
+        Bs = Bs.view(b, h, w, k, n).permute(0, 3, 4, 1, 2)
+        Cs = Cs.view(b, h, w, k, n).permute(0, 3, 4, 1, 2)
         y = cross_selective_scan(
-            x, dts, -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds.float(),
+            x, delta, -torch.exp(self.A_logs.float()), Bs, Cs, D=self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().reshape(-1), delta_softplus=True,
             mode=self.scan_mode, out_float=True, backend=self.scan_backend,
         )
         return y.permute(0, 2, 3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.in_proj(x)
-        if self.z_gate:
-            x, z = x.chunk(2, dim=-1)
-        x = to_channels_first(x).contiguous()
+        """(B, H, W, C) -> (B, H, W, C), in the dtype of ``x`` (the scan runs in fp32)."""
+        d = self.d_inner
+        if self.z_gate:  # two products from row slices of in_proj: x and z come out dense
+            z = F.linear(x, self.in_proj.weight[d:])
+            x = F.linear(x, self.in_proj.weight[:d])
+        else:
+            x = self.in_proj(x)
+        x = to_channels_first(x)  # a view: channel-last memory, which the conv runs fastest on
         if self.conv2d is not None:
             x = self.conv2d(x)
         x = self.act(x)
-        y = self.out_norm(self.forward_core(x)).to(x.dtype)
+        y = self.forward_core(x)
+        y = self.out_norm(y.to(self.out_norm.weight.dtype)).to(x.dtype)
         if self.z_gate:
             y = y * F.silu(z)
         return self.dropout(self.out_proj(y))

@@ -18,14 +18,14 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import DropPath, Mlp, make_downsample, make_patch_embed, to_channels_first
+from .layers import DropPath, Mlp, check_arg, is_int, make_downsample, make_patch_embed, to_channels_first
 from .registry import register_model
-from .ss2d import SS2D
+from .ss2d import SS2D, check_ss2d_args
+from .weights import IMAGENET_MEAN, IMAGENET_STD, IMAGENET_PREPROCESSING, LICENSE, PAPER  # noqa: F401
 
-__all__ = ["VSSM", "VSSMFeatures", "FeatureInfo", "VSSBlock", "VSSStage", "ClassifierHead", "ZOO", "build_vssm"]
+__all__ = ["VSSM", "VSSMFeatures", "FeatureInfo", "VSSBlock", "VSSStage", "ClassifierHead", "ZOO", "build_vssm",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class FeatureInfo(list):
@@ -159,10 +159,30 @@ class VSSM(nn.Module):
         global_pool: str = "avg",
     ):
         super().__init__()
-        depths = [int(d) for d in depths]
-        dims = [int(dims) * 2 ** i for i in range(len(depths))] if isinstance(dims, int) else [int(d) for d in dims]
-        if len(dims) != len(depths):
-            raise ValueError(f"dims has {len(dims)} entries but depths has {len(depths)}")
+        check_arg(isinstance(depths, Sequence) and len(depths) > 0 and all(is_int(d) and d > 0 for d in depths),
+                  "depths", depths, "a non-empty sequence of positive ints (blocks per stage)")
+        depths = list(depths)
+        if is_int(dims):
+            check_arg(dims > 0, "dims", dims, "a positive int (first-stage channels) or one positive int per stage")
+            dims = [dims * 2 ** i for i in range(len(depths))]
+        check_arg(isinstance(dims, Sequence) and len(dims) == len(depths) and all(is_int(d) and d > 0 for d in dims),
+                  "dims", dims, f"a positive int or {len(depths)} positive ints (one per stage of depths)")
+        dims = list(dims)
+        check_arg(is_int(in_chans) and in_chans > 0, "in_chans", in_chans, "a positive int")
+        check_arg(is_int(num_classes) and num_classes >= 0, "num_classes", num_classes, "an int >= 0 (0: no head)")
+        check_arg(is_int(patch_size) and patch_size > 0 and (patch_embed_version != "v2" or patch_size % 2 == 0),
+                  "patch_size", patch_size,
+                  "a positive int" + (" and even (the v2 stem is two stride-patch_size/2 convs)"
+                                      if patch_embed_version == "v2" else ""))
+        for arg, value in (("drop_path_rate", drop_path_rate), ("drop_rate", drop_rate),
+                           ("mlp_drop_rate", mlp_drop_rate), ("ssm_drop_rate", ssm_drop_rate)):
+            check_arg(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1,
+                      arg, value, "in [0, 1) (a probability; 1 would drop everything)")
+        check_arg(isinstance(mlp_ratio, (int, float)) and not isinstance(mlp_ratio, bool) and mlp_ratio >= 0,
+                  "mlp_ratio", mlp_ratio, "a number >= 0 (0: no MLP branch)")
+        for i, dim in enumerate(dims):
+            check_ss2d_args(d_model=dim, d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv,
+                            dropout=ssm_drop_rate, scan_mode=scan_mode, scan_backend=scan_backend)
         self.config = dict(
             depths=depths, dims=dims, in_chans=in_chans, num_classes=num_classes, d_state=d_state,
             ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv, conv_bias=conv_bias, z_gate=z_gate,
@@ -337,27 +357,51 @@ class VSSM(nn.Module):
         return take
 
 
-class VSSMFeatures(VSSM):
+class VSSMFeatures(nn.Module):
     """Backbone mode: per-stage NCHW feature maps, each through its own LayerNorm (``outnorm{i}``).
 
-    This is the authors' detection/segmentation backbone; ``forward`` returns a list with one
-    map per entry of ``out_indices`` (strides 4, 8, 16, 32).
+    This is the authors' detection/segmentation backbone (their parameter names: ``patch_embed``,
+    ``layers``, ``outnorm{i}``); ``forward`` returns a list with one map per entry of
+    ``out_indices`` (strides 4, 8, 16, 32). It holds the stem and stages of a :class:`VSSM`
+    (composition, as timm's feature wrappers do); the classifier's norm and head are not part of it.
+
+    Args:
+        out_indices: stages whose outputs are returned (negative counts from the end).
+        model: a built classifier to take the stem and stages from (e.g. one with pretrained
+            weights); when None, one is built from ``**kwargs`` (the :class:`VSSM` arguments).
     """
 
-    def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), **kwargs):
-        kwargs["num_classes"] = 0
-        super().__init__(**kwargs)
-        n = len(self.layers)
+    def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), model: VSSM | None = None, **kwargs):
+        super().__init__()
+        if model is None:
+            model = VSSM(**{**kwargs, "num_classes": 0})
+        elif kwargs:
+            raise TypeError(f"VSSMFeatures: give either a built model or VSSM arguments, not both ({sorted(kwargs)})")
+        if isinstance(out_indices, (str, bytes)) or not isinstance(out_indices, Sequence) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in out_indices):
+            raise TypeError(f"out_indices must be a sequence of stage indices (ints), got {out_indices!r}")
+        n = len(model.layers)
         if not out_indices or any(not -n <= i < n for i in out_indices):
             raise ValueError(f"out_indices {tuple(out_indices)} must be stage indices in [0, {n})")
         self.out_indices = tuple(sorted({i % n for i in out_indices}))
-        del self.classifier
+        self.patch_embed = model.patch_embed
+        self.layers = model.layers
+        self.in_chans, self.dims = model.in_chans, model.dims
         for i in self.out_indices:
             self.add_module(f"outnorm{i}", nn.LayerNorm(self.dims[i], eps=1e-5))
-        self.feature_info = FeatureInfo(self.feature_info[i] for i in self.out_indices)
-        self.config.update(features_only=True, out_indices=list(self.out_indices))
+        self.feature_info = FeatureInfo(model.feature_info[i] for i in self.out_indices)
+        self.config = {**model.config, "num_classes": 0, "features_only": True, "out_indices": list(self.out_indices)}
+        for attr in ("pretrained_cfg", "default_cfg", "model_name"):
+            if hasattr(model, attr):
+                setattr(self, attr, getattr(model, attr))
+
+    no_weight_decay = VSSM.no_weight_decay
+    set_grad_checkpointing = VSSM.set_grad_checkpointing
+    set_scan_backend = VSSM.set_scan_backend
+    _check_input = VSSM._check_input
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, in_chans, H, W) -> [(B, dims[i], H / 2^(i+2), W / 2^(i+2)) for i in out_indices]."""
         self._check_input(x)
         x = self.patch_embed(x)
         outs = []
@@ -368,73 +412,120 @@ class VSSMFeatures(VSSM):
             x = stage.downsample(x)
         return outs
 
-    def forward_features(self, x):
-        raise RuntimeError("a features_only model returns its feature maps from forward()")
-
-    def forward_intermediates(self, *args, **kwargs):
-        raise RuntimeError("a features_only model returns its feature maps from forward()")
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        raise RuntimeError("a features_only model has no classifier")
+    def prune_intermediate_layers(self, indices: int | Sequence[int] | None = None, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Keep only the stages up to the last of ``indices`` (default: of ``out_indices``) and
+        return the kept output indices. ``prune_norm`` and ``prune_head`` are accepted for timm's
+        signature; a features model has neither a final norm nor a head."""
+        take = self.out_indices if indices is None else VSSM._stage_indices(self, indices)
+        if not set(take) <= set(self.out_indices):
+            raise ValueError(f"indices {list(take)} are not all among out_indices {list(self.out_indices)}")
+        for i in set(self.out_indices) - set(take):
+            delattr(self, f"outnorm{i}")
+        del self.layers[take[-1] + 1:]
+        self.layers[-1].downsample = nn.Identity()
+        self.feature_info = FeatureInfo(f for f, i in zip(self.feature_info, self.out_indices) if i in take)
+        self.out_indices = tuple(take)
+        self.config.update(out_indices=list(take), depths=self.config["depths"][: take[-1] + 1],
+                           dims=self.config["dims"][: take[-1] + 1])
+        return list(take)
 
 
 # --- the model zoo --------------------------------------------------------------------------
+# Each model is a configuration (data) and a builder function of the same name (registered, so
+# ``create_model(name)`` and timm find it). Depths, widths and drop-path rates: the paper's
+# table (v0) and the authors' v2 release.
 
-def _pretrained_cfg(**overrides) -> dict:
-    cfg = dict(
-        num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=224 / 256,
-        interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        first_conv="patch_embed.0", classifier="classifier.head", license="mit",
-    )
-    cfg.update(overrides)
-    return cfg
+V0 = dict(d_state=16, ssm_ratio=2.0, conv_bias=True, z_gate=True, mlp_ratio=0.0,
+          patch_embed_version="v1", downsample_version="v1")
+V2 = dict(d_state=1, conv_bias=False, z_gate=False, mlp_ratio=4.0,
+          patch_embed_version="v2", downsample_version="v3")
 
-
-_V0 = dict(d_state=16, ssm_ratio=2.0, conv_bias=True, z_gate=True, mlp_ratio=0.0,
-           patch_embed_version="v1", downsample_version="v1")
-_V2 = dict(d_state=1, conv_bias=False, z_gate=False, mlp_ratio=4.0,
-           patch_embed_version="v2", downsample_version="v3")
-
-# name: (family defaults, depths, dims, ssm_ratio, drop_path_rate) -- spec sections 3 and 4.
-ZOO = {
-    "vanilla_vmamba_tiny": (_V0, (2, 2, 9, 2), 96, 2.0, 0.2),
-    "vanilla_vmamba_small": (_V0, (2, 2, 27, 2), 96, 2.0, 0.3),
-    "vanilla_vmamba_base": (_V0, (2, 2, 27, 2), 128, 2.0, 0.5),
-    "vmamba_tiny_s1l8": (_V2, (2, 2, 8, 2), 96, 1.0, 0.2),
-    "vmamba_small_s1l20": (_V2, (2, 2, 20, 2), 96, 1.0, 0.3),
-    "vmamba_base_s1l20": (_V2, (2, 2, 20, 2), 128, 1.0, 0.5),
-    "vmamba_tiny_s2l5": (_V2, (2, 2, 5, 2), 96, 2.0, 0.2),
-    "vmamba_small_s2l15": (_V2, (2, 2, 15, 2), 96, 2.0, 0.3),
-    "vmamba_base_s2l15": (_V2, (2, 2, 15, 2), 128, 2.0, 0.6),
+ZOO: dict[str, dict] = {
+    "vanilla_vmamba_tiny": dict(V0, depths=(2, 2, 9, 2), dims=96, drop_path_rate=0.2),
+    "vanilla_vmamba_small": dict(V0, depths=(2, 2, 27, 2), dims=96, drop_path_rate=0.3),
+    "vanilla_vmamba_base": dict(V0, depths=(2, 2, 27, 2), dims=128, drop_path_rate=0.5),
+    "vmamba_tiny_s1l8": dict(V2, depths=(2, 2, 8, 2), dims=96, ssm_ratio=1.0, drop_path_rate=0.2),
+    "vmamba_small_s1l20": dict(V2, depths=(2, 2, 20, 2), dims=96, ssm_ratio=1.0, drop_path_rate=0.3),
+    "vmamba_base_s1l20": dict(V2, depths=(2, 2, 20, 2), dims=128, ssm_ratio=1.0, drop_path_rate=0.5),
+    "vmamba_tiny_s2l5": dict(V2, depths=(2, 2, 5, 2), dims=96, ssm_ratio=2.0, drop_path_rate=0.2),
+    "vmamba_small_s2l15": dict(V2, depths=(2, 2, 15, 2), dims=96, ssm_ratio=2.0, drop_path_rate=0.3),
+    "vmamba_base_s2l15": dict(V2, depths=(2, 2, 15, 2), dims=128, ssm_ratio=2.0, drop_path_rate=0.6),
 }
 
 
-def build_vssm(name: str, features_only: bool = False, **overrides) -> VSSM:
-    """Build zoo model ``name`` with ``overrides`` of its configuration."""
-    family, depths, dims, ssm_ratio, dpr = ZOO[name]
-    cfg = dict(family, depths=depths, dims=dims, ssm_ratio=ssm_ratio, drop_path_rate=dpr)
-    cfg.update(overrides)
-    if not features_only and "out_indices" in cfg:
+def default_pretrained_cfg(name: str, num_classes: int = 1000) -> dict:
+    """timm's ``pretrained_cfg`` of zoo model ``name``: its ImageNet preprocessing and head."""
+    return dict(architecture=name, tag=None, num_classes=num_classes, **IMAGENET_PREPROCESSING,
+                pool_size=(7, 7), first_conv="patch_embed.0", classifier="classifier.head",
+                license=LICENSE, paper_ids=PAPER)
+
+
+def build_vssm(name: str, features_only: bool = False, **overrides) -> VSSM | VSSMFeatures:
+    """Build zoo model ``name`` with ``overrides`` of its configuration (see :class:`VSSM`).
+
+    ``features_only=True`` (with ``out_indices``) gives the multi-scale :class:`VSSMFeatures`.
+    """
+    if name not in ZOO:
+        raise ValueError(f"unknown zoo model {name!r}; choose from {sorted(ZOO)}")
+    if not features_only and "out_indices" in overrides:
         raise ValueError("out_indices is only meaningful with features_only=True")
-    model = VSSMFeatures(**cfg) if features_only else VSSM(**cfg)
-    model.pretrained_cfg = model.default_cfg = _pretrained_cfg(architecture=name, num_classes=model.num_classes)
-    model.model_name = name
-    model.config["architecture"] = name
-    return model
+    out_indices = overrides.pop("out_indices", (0, 1, 2, 3))
+    model = VSSM(**{**ZOO[name], **overrides})
+    model.pretrained_cfg = model.default_cfg = default_pretrained_cfg(name, model.num_classes)
+    model.model_name = model.config["architecture"] = name
+    return VSSMFeatures(out_indices, model=model) if features_only else model
 
 
-def _register(name: str) -> None:
-    def builder(pretrained: bool = False, **kwargs) -> VSSM:
-        if pretrained:
-            raise ValueError("vmamba never downloads weights; use checkpoint_path=... or load_checkpoint")
-        return build_vssm(name, **kwargs)
-
-    builder.__name__ = builder.__qualname__ = name
-    family, depths, dims, ratio, _ = ZOO[name]
-    builder.__doc__ = (f"VMamba {'v0 (paper)' if family is _V0 else 'v2'}: depths {depths}, "
-                       f"dims {dims}, ssm_ratio {ratio}.")
-    globals()[name] = register_model(builder)
+@register_model
+def vanilla_vmamba_tiny(**kwargs) -> VSSM:
+    """VMamba v0 (the paper's) tiny: depths (2, 2, 9, 2), dims 96, d_state 16."""
+    return build_vssm("vanilla_vmamba_tiny", **kwargs)
 
 
-for _name in ZOO:
-    _register(_name)
+@register_model
+def vanilla_vmamba_small(**kwargs) -> VSSM:
+    """VMamba v0 (the paper's) small: depths (2, 2, 27, 2), dims 96, d_state 16."""
+    return build_vssm("vanilla_vmamba_small", **kwargs)
+
+
+@register_model
+def vanilla_vmamba_base(**kwargs) -> VSSM:
+    """VMamba v0 (the paper's) base: depths (2, 2, 27, 2), dims 128, d_state 16."""
+    return build_vssm("vanilla_vmamba_base", **kwargs)
+
+
+@register_model
+def vmamba_tiny_s1l8(**kwargs) -> VSSM:
+    """VMamba v2 tiny [s1l8]: depths (2, 2, 8, 2), dims 96, ssm_ratio 1."""
+    return build_vssm("vmamba_tiny_s1l8", **kwargs)
+
+
+@register_model
+def vmamba_small_s1l20(**kwargs) -> VSSM:
+    """VMamba v2 small [s1l20]: depths (2, 2, 20, 2), dims 96, ssm_ratio 1."""
+    return build_vssm("vmamba_small_s1l20", **kwargs)
+
+
+@register_model
+def vmamba_base_s1l20(**kwargs) -> VSSM:
+    """VMamba v2 base [s1l20]: depths (2, 2, 20, 2), dims 128, ssm_ratio 1."""
+    return build_vssm("vmamba_base_s1l20", **kwargs)
+
+
+@register_model
+def vmamba_tiny_s2l5(**kwargs) -> VSSM:
+    """VMamba v2 tiny [s2l5]: depths (2, 2, 5, 2), dims 96, ssm_ratio 2."""
+    return build_vssm("vmamba_tiny_s2l5", **kwargs)
+
+
+@register_model
+def vmamba_small_s2l15(**kwargs) -> VSSM:
+    """VMamba v2 small [s2l15]: depths (2, 2, 15, 2), dims 96, ssm_ratio 2."""
+    return build_vssm("vmamba_small_s2l15", **kwargs)
+
+
+@register_model
+def vmamba_base_s2l15(**kwargs) -> VSSM:
+    """VMamba v2 base [s2l15]: depths (2, 2, 15, 2), dims 128, ssm_ratio 2."""
+    return build_vssm("vmamba_base_s2l15", **kwargs)

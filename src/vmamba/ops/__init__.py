@@ -1,7 +1,19 @@
-"""Operators: the selective scan (with its backends registry) and cross-scan/merge."""
+"""Operators: the selective scan and the SS2D core (cross-scan, scan, merge), with swappable backends.
+
+Layout, for a backend author:
+
+* ``selective_scan.py``, ``cross_selective_scan.py``: the public ops (argument checks, dispatch);
+* ``backends.py``: the registry, and the contract each backend declares (device, dtypes,
+  largest d_state, empty inputs, an optional self-check) that dispatch reads and enforces;
+* ``kernel_common.py``: what the kernel backends share (autograd glue, FLOP formulas, scan-mode
+  ids, argument conversions); a kernel backend imports that and ``backends`` only;
+* ``cross_scan.py``: cross-scan / cross-merge and the scan orders;
+* the backends: ``scan_reference.py`` and ``scan_torch.py`` (portable, on ``scan_common.py``),
+  ``scan_cpu.py`` (C++ kernel in ``cpu/``) and ``scan_triton.py`` (``triton_kernels.py``).
+"""
 from .backends import ScanBackend, available_backends, get_backend, register_backend
-from .cross_scan import SCAN_MODES, cross_merge, cross_scan
-from .cross_selective_scan import cross_selective_scan, scan_order
+from .cross_scan import SCAN_MODES, cross_merge, cross_scan, scan_order
+from .cross_selective_scan import cross_selective_scan
 from .scan_reference import selective_scan_reference
 from .scan_torch import selective_scan_torch
 from .selective_scan import check_scan_inputs, selective_scan

@@ -10,7 +10,8 @@ unidi      row, row, row, row               y0 + y1 + y2 + y3
 bidi       row, row, flip(row), flip(row)   y0 + y1 + flip(y2 + y3)
 =========  ===============================  =============================================
 
-T maps a column-major sequence back to row-major. Both maps are linear and cross_merge is the
+T maps a column-major sequence back to row-major. :func:`scan_order` reads tensors that carry one
+map per direction, (B, 4, X, H, W), each slot in its own direction's order. Both maps are linear and cross_merge is the
 adjoint of cross_scan, so each is the other's backward; autograd derives them here.
 """
 from __future__ import annotations
@@ -20,14 +21,15 @@ import torch
 SCAN_MODES = ("cross2d", "unidi", "bidi")
 
 
-def _check_mode(mode: str) -> None:
+def check_scan_mode(mode: str) -> None:
+    """Raise a ValueError naming the choices unless ``mode`` is one of :data:`SCAN_MODES`."""
     if mode not in SCAN_MODES:
         raise ValueError(f"unknown scan mode {mode!r}; choose one of {SCAN_MODES}")
 
 
 def cross_scan(x: torch.Tensor, mode: str = "cross2d") -> torch.Tensor:
     """(B, C, H, W) -> (B, 4, C, H*W): the four scan sequences of ``mode`` (see module doc)."""
-    _check_mode(mode)
+    check_scan_mode(mode)
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"cross_scan: x must have shape (B, C, H, W), got {got}")
@@ -45,7 +47,7 @@ def cross_merge(ys: torch.Tensor, mode: str = "cross2d", size: tuple[int, int] |
 
     ``ys`` may also be (B, 4, C, L) when ``size=(H, W)`` is given.
     """
-    _check_mode(mode)
+    check_scan_mode(mode)
     if not isinstance(ys, torch.Tensor) or ys.dim() not in (4, 5) or ys.shape[1] != 4:
         got = tuple(ys.shape) if isinstance(ys, torch.Tensor) else type(ys).__name__
         raise ValueError(f"cross_merge: ys must have shape (B, 4, C, H, W), got {got}")
@@ -68,3 +70,15 @@ def cross_merge(ys: torch.Tensor, mode: str = "cross2d", size: tuple[int, int] |
     if mode == "unidi":
         return ys.sum(dim=1)
     return ys[:, 0] + ys[:, 1] + (ys[:, 2] + ys[:, 3]).flip(-1)
+
+
+def scan_order(t: torch.Tensor, mode: str = "cross2d") -> torch.Tensor:
+    """Per-direction maps (B, 4, X, H, W) -> (B, 4, X, H*W), slot k read in scan order k of ``mode``."""
+    check_scan_mode(mode)
+    row = t.flatten(3)
+    if mode == "unidi":
+        return row
+    if mode == "bidi":
+        return torch.cat([row[:, :2], row[:, 2:].flip(-1)], dim=1)
+    col = t.transpose(3, 4).flatten(3)
+    return torch.stack([row[:, 0], col[:, 1], row[:, 2].flip(-1), col[:, 3].flip(-1)], dim=1)

@@ -9,24 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from .backends import resolve_backend
-from .cross_scan import _check_mode, cross_merge, cross_scan
+from .backends import is_empty, resolve_backend
+from .cross_scan import check_scan_mode, cross_merge, cross_scan, scan_order
 from .scan_common import size_hint
 from .selective_scan import check_scan_inputs
 
 K = 4
-
-
-def scan_order(t: torch.Tensor, mode: str = "cross2d") -> torch.Tensor:
-    """Per-direction maps (B, 4, X, H, W) -> (B, 4, X, H*W), slot k read in scan order k of ``mode``."""
-    _check_mode(mode)
-    row = t.flatten(3)
-    if mode == "unidi":
-        return row
-    if mode == "bidi":
-        return torch.cat([row[:, :2], row[:, 2:].flip(-1)], dim=1)
-    col = t.transpose(3, 4).flatten(3)
-    return torch.stack([row[:, 0], col[:, 1], row[:, 2].flip(-1), col[:, 3].flip(-1)], dim=1)
 
 
 def _check_cross_inputs(x, delta, B, C):
@@ -50,6 +38,7 @@ def cross_selective_scan(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
+    *,
     D: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
@@ -60,8 +49,9 @@ def cross_selective_scan(
     """Selective scans along the four scan orders of a map, merged back: the SS2D core.
 
     Equal to ``cross_merge(selective_scan(cross_scan(x), scan_order(delta), A, scan_order(B),
-    scan_order(C), D, delta_bias, delta_softplus), mode)``, with direction k using channels
-    [k*D, (k+1)*D) of A, D and delta_bias.
+    scan_order(C), D=D, delta_bias=delta_bias, delta_softplus=delta_softplus), mode)``, with
+    direction k using channels [k*D, (k+1)*D) of A, D and delta_bias. Everything after ``C`` is
+    keyword-only.
 
     Args:
         x: the map, (batch, D, H, W).
@@ -72,13 +62,13 @@ def cross_selective_scan(
     Returns:
         y, (batch, D, H, W).
     """
-    _check_mode(mode)
+    check_scan_mode(mode)
     _check_cross_inputs(x, delta, B, C)
     b, d, h, w = x.shape
-    impl = resolve_backend(backend, x.device.type, x.dtype)
     # Shapes of A, D, delta_bias checked on (cheap) views standing for the scan sequences.
     check_scan_inputs(x.new_empty(()).expand(b, K * d, h * w), delta.new_empty(()).expand(b, K * d, h * w),
                       A, B.flatten(3), C.flatten(3), D, delta_bias)
+    impl = resolve_backend(backend, x.device, x.dtype, A.shape[1], is_empty(x))
     if impl.cross_fn is not None:
         return impl.cross_fn(x, delta, A, B, C, D=D, delta_bias=delta_bias,
                              delta_softplus=delta_softplus, mode=mode, out_float=out_float)
@@ -91,7 +81,7 @@ def composed_cross_scan(scan_fn, x, delta, A, B, C, D=None, delta_bias=None, del
                         mode="cross2d", out_float=False) -> torch.Tensor:
     """``cross_selective_scan`` composed from cross_scan, ``scan_fn`` (a selective-scan backend)
     and cross_merge, materialising the four direction copies: the path of backends without a
-    fused kernel, and the fallback of the fused kernels for inputs they do not take."""
+    fused kernel."""
     b, d, h, w = x.shape
     ys = scan_fn(cross_scan(x, mode).reshape(b, K * d, h * w), scan_order(delta, mode).reshape(b, K * d, h * w),
                  A, scan_order(B, mode), scan_order(C, mode), D=D, delta_bias=delta_bias,

@@ -14,18 +14,6 @@ def scan_flops(batch: int, channels: int, length: int, d_state: int) -> int:
     return 9 * batch * channels * length * d_state + batch * channels * length
 
 
-# FLOP formulas of the kernels' custom ops for torch.utils.flop_counter, which counts 2 per
-# multiply-add: the authors' count doubled to that unit.
-def scan_op_flops(u_shape, delta_shape, A_shape, *args, **kwargs) -> int:
-    """FLOPs of a selective-scan op called on u (B, D, L) and A (D, N)."""
-    return 2 * scan_flops(u_shape[0], u_shape[1], u_shape[2], A_shape[1])
-
-
-def cross_scan_op_flops(x_shape, delta_shape, A_shape, *args, **kwargs) -> int:
-    """FLOPs of a fused four-direction scan op called on x (B, D, H, W) and A (4*D, N)."""
-    return 2 * scan_flops(x_shape[0], A_shape[0], x_shape[2] * x_shape[3], A_shape[1])
-
-
 def size_hint(n) -> int | None:
     """A size as an int: itself when static, the traced example's value when symbolic (while
     exporting), None when there is no example value."""

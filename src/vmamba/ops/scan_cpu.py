@@ -8,12 +8,14 @@ chunk of 32 steps from the state saved at the chunk's start (a reverse scan), so
 stays O(batch * D * L) instead of storing every state.
 
 Build: ``torch.utils.cpp_extension.load`` compiles the source the first time the backend is asked
-for (``is_available()``, i.e. the first ``"auto"`` selection on a CPU tensor), with
-``-O3 -march=native`` and OpenMP, into a cache directory keyed on the source, torch, Python and the
-CPU (``$VMAMBA_CACHE`` or ``~/.cache/vmamba``); later processes load the cached build in
-milliseconds. Where no working compiler is present, one warning is issued and the backend
-reports itself unavailable, so ``"auto"`` uses the ``"torch"`` backend instead. Importing
-vmamba never compiles anything. ``VMAMBA_CPU_KERNEL=0`` disables the kernel.
+for (``is_available()``, i.e. the first ``"auto"`` selection on a CPU tensor), with ``-O3`` and
+OpenMP for one instruction set chosen from the CPU at run time (``avx512``, ``avx2`` or
+``generic``; ``$VMAMBA_CPU_ISA`` forces one), into a cache directory keyed on the source, the
+instruction set, torch, Python and the CPU (``$VMAMBA_CACHE`` or ``~/.cache/vmamba``); later
+processes load the cached build in milliseconds. The largest d_state (``MAX_STATE``) is defined
+here only and compiled in (``-DVMAMBA_MAXN``). Where no working compiler is present, one warning is
+issued and the backend reports itself unavailable, so ``"auto"`` uses the ``"torch"`` backend
+instead. Importing vmamba never compiles anything. ``VMAMBA_CPU_KERNEL=0`` disables the kernel.
 
 Two ops are registered with ``torch.library`` (fake implementations and autograd formulas
 included, so ``torch.compile`` and FLOP counters see them):
@@ -25,6 +27,7 @@ included, so ``torch.compile`` and FLOP counters see them):
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -38,22 +41,27 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
+try:  # OS file locks for the build cache
+    import fcntl
+    msvcrt = None
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
+
 from .backends import register_backend
-from .cross_scan import _check_mode
-from .cross_selective_scan import composed_cross_scan, scan_order
-from .scan_common import cross_scan_op_flops, scan_op_flops
-from .kernel_autograd import needs_grad, register_cross_autograd, register_scan_autograd
-from .scan_torch import selective_scan_torch
+from .kernel_common import (
+    MODE_IDS, check_scan_mode, cross_scan_op_flops, f32, kernel_output, needs_grad, pixel_map,
+    register_cross_autograd, register_scan_autograd, scan_op_flops, scan_order,
+)
 
 __all__ = [
     "selective_scan_cpu", "cross_selective_scan_cpu", "is_available", "load_extension",
-    "SCAN_OP", "CROSS_SCAN_OP", "MAX_STATE",
+    "SCAN_OP", "CROSS_SCAN_OP", "MAX_STATE", "ISAS", "selected_isa", "supported_isas",
 ]
 
 SCAN_OP = "vmamba::selective_scan_cpu"
 CROSS_SCAN_OP = "vmamba::cross_selective_scan_cpu"
-MAX_STATE = 64  # largest d_state the kernel takes; larger ones go to the "torch" backend
-_MODE_IDS = {"cross2d": 1, "unidi": 2, "bidi": 3}
+MAX_STATE = 64  # largest d_state the kernel takes (compiled in as VMAMBA_MAXN); larger ones go to "torch"
 _SOURCE = Path(__file__).parent / "cpu" / "selective_scan.cpp"
 
 _lock = threading.Lock()
@@ -62,16 +70,65 @@ _ext_failed = False
 _ext_info: dict = {}
 
 
-def _cpu_signature() -> str:
-    """A string that changes when the build would not run on (or be tuned for) this CPU."""
-    parts = [platform.system(), platform.machine(), platform.processor()]
+ISAS = ("avx512", "avx2", "generic")
+_X86 = ("x86_64", "amd64", "i686", "i386", "x86")
+# What each x86 instruction-set build needs from the CPU (/proc/cpuinfo flag names) and the
+# compiler flags that enable exactly that much: never -march=native, so a forced build does not
+# pick up more than it asked for (an "avx2" build on an AVX-512 CPU stays 8 lanes wide).
+_X86_ISA = {
+    "avx512": (("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "f16c"),
+               ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx2", "-mfma", "-mf16c"]),
+    "avx2": (("avx2", "fma", "f16c"), ["-mavx2", "-mfma", "-mf16c"]),
+}
+
+
+def _cpu_flags() -> set:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith(("flags", "Features", "model name")):
-                    parts.append(line.strip())
                 if line.startswith(("flags", "Features")):
-                    break
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def supported_isas() -> list:
+    """The kernel builds this CPU can run, best first (always ending with ``"generic"``)."""
+    if platform.machine().lower() not in _X86:
+        return ["generic"]  # ARM & co.: NEON/SVE come from the compiler's auto-vectorisation
+    flags = _cpu_flags()
+    if flags:
+        found = [isa for isa, (need, _) in _X86_ISA.items() if all(f in flags for f in need)]
+    else:  # no /proc/cpuinfo: ask ATen what it dispatches to on this CPU
+        cap = torch.backends.cpu.get_cpu_capability().upper()
+        found = ["avx512", "avx2"] if cap.startswith("AVX512") else ["avx2"] if cap == "AVX2" else []
+    return found + ["generic"]
+
+
+def selected_isa() -> str:
+    """The kernel build to use: ``$VMAMBA_CPU_ISA`` if set (``avx512``, ``avx2`` or ``generic``),
+    else the best one this CPU supports."""
+    forced = os.environ.get("VMAMBA_CPU_ISA", "").strip().lower()
+    supported = supported_isas()
+    if not forced or forced == "auto":
+        return supported[0]
+    if forced not in ISAS:
+        raise ValueError(f"VMAMBA_CPU_ISA={forced!r} is not a kernel build; use one of {', '.join(ISAS)} "
+                         "(or leave it unset to choose from the CPU)")
+    if forced not in supported:
+        raise ValueError(f"VMAMBA_CPU_ISA={forced!r}: this CPU cannot run that build (it supports "
+                         f"{', '.join(supported)})")
+    return forced
+
+
+def _cpu_signature() -> str:
+    """A string that changes when the build would not run on (or be tuned for) this CPU."""
+    parts = [platform.system(), platform.machine(), platform.processor(), " ".join(sorted(_cpu_flags()))]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            parts += [line.strip() for line in f if line.startswith("model name")][:1]
     except OSError:
         pass
     return "|".join(parts)
@@ -86,29 +143,69 @@ def cache_dir() -> Path:
     return Path(root) / "cpu_ext"
 
 
-def _build_key() -> str:
+def _build_key(isa: str) -> str:
     h = hashlib.sha256()
     h.update(_SOURCE.read_bytes())
-    for part in (torch.__version__, sys.version, _cpu_signature()):
+    for part in (torch.__version__, sys.version, _cpu_signature(), isa, repr(build_attempts(isa))):
         h.update(part.encode())
     return h.hexdigest()[:16]
 
 
-def _attempts():
-    """Compiler flag sets, fastest first; the first that builds wins."""
+def build_attempts(isa: str) -> list:
+    """(cflags, ldflags) for building the kernel for ``isa``, fastest first; the first that builds wins.
+
+    ``-DVMAMBA_MAXN`` hands the kernel its largest d_state (``MAX_STATE``, defined only here)."""
+    if isa not in ISAS:
+        raise ValueError(f"unknown kernel build {isa!r}; use one of {', '.join(ISAS)}")
+    defines = [f"-DVMAMBA_MAXN={MAX_STATE}"]
     if sys.platform == "win32":
-        return [(["/O2", "/openmp"], [])]
-    base = ["-O3", "-ffp-contract=fast", "-fno-math-errno"]
-    native = ["-march=native"] if platform.machine().lower() in ("x86_64", "amd64", "i686") else ["-mcpu=native"]
-    return [
-        (base + native + ["-fopenmp"], ["-fopenmp"]),
-        (base + native, []),
-        (base, []),
-    ]
+        arch = {"avx512": ["/arch:AVX512"], "avx2": ["/arch:AVX2"]}.get(isa, [])
+        return [(["/O2", "/openmp"] + arch + [d.replace("-D", "/D") for d in defines], [])]
+    base = ["-O3", "-ffp-contract=fast", "-fno-math-errno"] + defines
+    if platform.machine().lower() in _X86:
+        target = _X86_ISA[isa][1] + ["-mtune=native"] if isa in _X86_ISA else []  # generic: the baseline (SSE2)
+        fallback = _X86_ISA[isa][1] if isa in _X86_ISA else []
+    else:
+        target, fallback = ["-mcpu=native"], []  # not x86: the compiler vectorises for this CPU (NEON, SVE)
+    attempts = [(base + target + ["-fopenmp"], ["-fopenmp"]), (base + target, []), (base + fallback, [])]
+    return [a for i, a in enumerate(attempts) if a not in attempts[:i]]
+
+
+@contextlib.contextmanager
+def build_lock(build: Path):
+    """Hold the build directory of one kernel build against other processes.
+
+    ``cpp_extension.load`` guards its build with a ``lock`` file that a killed build leaves behind,
+    after which every later build of that directory waits forever. Builds here first take an OS
+    file lock (released by the OS when its holder dies, however it dies), and the holder removes a
+    ``lock`` file left by a dead build: it cannot belong to a live one, which would hold the OS lock.
+    """
+    build.mkdir(parents=True, exist_ok=True)
+    with open(build / "vmamba-build.lock", "a+b") as f:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        elif msvcrt is not None:
+            while True:
+                try:
+                    msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:  # LK_LOCK gives up after ~10 s: keep waiting for a live builder
+                    continue
+        try:
+            (build / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            elif msvcrt is not None:
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
 
 
 def load_extension():
-    """The compiled kernel module (built on the first call, then cached); None if it cannot be built."""
+    """The compiled kernel module (built on the first call, then cached); None if it cannot be built.
+
+    Raises ValueError when ``$VMAMBA_CPU_ISA`` names a build that does not exist or this CPU cannot run."""
     global _ext, _ext_failed
     if _ext is not None or _ext_failed:
         return _ext
@@ -119,15 +216,15 @@ def load_extension():
             _ext_failed = True
             _ext_info["error"] = "disabled by VMAMBA_CPU_KERNEL=0"
             return None
+        isa = selected_isa()
         errors = []
         try:
             from torch.utils import cpp_extension
-            key = _build_key()
-            for i, (cflags, ldflags) in enumerate(_attempts()):
+            key = _build_key(isa)
+            for i, (cflags, ldflags) in enumerate(build_attempts(isa)):
                 build = cache_dir() / f"{key}-{i}"
-                build.mkdir(parents=True, exist_ok=True)
                 try:
-                    with warnings.catch_warnings():
+                    with warnings.catch_warnings(), build_lock(build):
                         warnings.simplefilter("ignore")
                         cpp_extension.load(
                             name=f"vmamba_cpu_scan_{key}_{i}", sources=[str(_SOURCE)],
@@ -135,8 +232,10 @@ def load_extension():
                             verbose=False, is_python_module=False,
                         )
                     mod = torch.ops.vmamba_cpu_kernel
-                    _ext_info.update(flags=" ".join(cflags), lanes=int(mod.lanes()), chunk=int(mod.chunk()),
-                                     openmp=bool(mod.openmp()), build_dir=str(build))
+                    if int(mod.max_state()) != MAX_STATE:
+                        raise RuntimeError(f"the build's largest d_state {int(mod.max_state())} is not {MAX_STATE}")
+                    _ext_info.update(isa=isa, flags=" ".join(cflags), lanes=int(mod.lanes()), chunk=int(mod.chunk()),
+                                     openmp=bool(mod.openmp()), max_state=MAX_STATE, build_dir=str(build))
                     _ext = mod
                     return _ext
                 except Exception as e:  # noqa: BLE001 - any build failure means "try the next flags"
@@ -162,7 +261,8 @@ def is_available() -> bool:
 
 
 def extension_info() -> dict:
-    """Build facts: compiler flags, SIMD lanes, chunk length, OpenMP; or the build error."""
+    """Build facts: instruction set, compiler flags, SIMD lanes, chunk length, OpenMP, largest d_state;
+    or the build error."""
     load_extension()
     return dict(_ext_info)
 
@@ -180,10 +280,6 @@ def _lanes() -> int:
 
 def _chunk() -> int:
     return _ext_info.get("chunk") or int(_ext_or_raise().chunk())
-
-
-def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.float().contiguous()
 
 
 def _rows(m: Tensor) -> Tensor:
@@ -204,7 +300,7 @@ def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optio
              save_states: bool) -> tuple[Tensor, Tensor, Tensor]:
     """y (fp32, before the output cast), last state (b, D, N) and the saved chunk states."""
     y, last, states = _ext_or_raise().forward(
-        u, delta.to(u.dtype), _f32(A), _rows(B), _rows(C), _f32(D), _f32(delta_bias),
+        u, delta.to(u.dtype), f32(A), _rows(B), _rows(C), f32(D), f32(delta_bias),
         None if z is None else z.to(u.dtype), delta_softplus, save_states, 1, 0)
     return y, last, states
 
@@ -226,8 +322,8 @@ def _scan_bwd_op(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor, 
                  delta_softplus: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients (fp32) of u, delta, A, B, C, D, delta_bias, z (empty for absent optionals)."""
     du, ddelta, dAp, dBp, dCp, dDp, dbp, dz = _ext_or_raise().backward(
-        dy.float().contiguous(), None if dlast is None else _f32(dlast), u,
-        delta.to(u.dtype), _f32(A), _rows(B), _rows(C), _f32(D), _f32(delta_bias),
+        dy.float().contiguous(), None if dlast is None else f32(dlast), u,
+        delta.to(u.dtype), f32(A), _rows(B), _rows(C), f32(D), f32(delta_bias),
         None if z is None else z.to(u.dtype), states, delta_softplus, 1, 0)
     dB = dBp.sum(2).transpose(-1, -2).contiguous()
     dC = dCp.sum(2).transpose(-1, -2).contiguous()
@@ -247,22 +343,17 @@ register_scan_autograd(_scan_op, _scan_bwd_op, "cpu scan")
 
 
 def selective_scan_cpu(
-    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, z=None,
+    u, delta, A, B, C, *, D=None, delta_bias=None, delta_softplus=False, z=None,
     return_last_state=False, out_float=False,
 ):
     """The ``"cpu"`` backend: same signature, shapes and semantics as ``selective_scan``.
 
-    B and C arrive 4-D (batch, G, N, L) from the public op. A d_state above ``MAX_STATE`` (or an
-    empty input) falls through to the ``"torch"`` backend.
+    B and C arrive 4-D (batch, G, N, L) from the public op, which calls it only inside its
+    contract: CPU tensors, fp32/bf16/fp16, d_state at most ``MAX_STATE``, no empty input.
     """
-    if A.shape[1] > MAX_STATE or u.numel() == 0:
-        return selective_scan_torch(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus,
-                                    z=z, return_last_state=return_last_state, out_float=out_float)
     save = needs_grad(u, delta, A, B, C, D, delta_bias, z)
     y, last, _ = _scan_op(u, delta, A, B, C, D, delta_bias, z, bool(delta_softplus), save)
-    if not out_float:
-        y = y.to(u.dtype)
-    return (y, last) if return_last_state else y
+    return kernel_output(y, last, u, out_float, return_last_state)
 
 
 # ----------------------------------------------------------------------------- fused cross scan op
@@ -279,13 +370,6 @@ def _from_scan_order(t: Tensor, mode: str, h: int, w: int) -> Tensor:
     return torch.stack([row[:, 0], col[:, 0], row[:, 1], col[:, 1]], dim=1).contiguous()
 
 
-def _map(t: Tensor) -> Tensor:
-    """t itself when its (H, W) dims flatten to one stride (the kernel reads any other strides,
-    e.g. channel-last maps, directly), else a contiguous copy."""
-    h, w = t.shape[-2:]
-    return t if h == 1 or t.stride(-2) == w * t.stride(-1) else t.contiguous()
-
-
 def _scan_rows(m: Tensor, mode: str) -> Tensor:
     """(b, 4, N, H, W) pixel layout -> (b, 4, L, N) fp32 rows in scan order."""
     return scan_order(m.float(), mode).transpose(-1, -2).contiguous()
@@ -297,8 +381,8 @@ def _cross_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Opti
               save_states: bool) -> tuple[Tensor, Tensor]:
     """Merged y (b, d, H, W) fp32 and the saved chunk states."""
     y, _, states = _ext_or_raise().forward(
-        _map(x), _map(delta.to(x.dtype)), _f32(A), _scan_rows(B, mode), _scan_rows(C, mode),
-        _f32(D), _f32(delta_bias), None, delta_softplus, save_states, 4, _MODE_IDS[mode])
+        pixel_map(x), pixel_map(delta.to(x.dtype)), f32(A), _scan_rows(B, mode), _scan_rows(C, mode),
+        f32(D), f32(delta_bias), None, delta_softplus, save_states, 4, MODE_IDS[mode])
     return y, states
 
 
@@ -319,9 +403,9 @@ def _cross_bwd_op(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C:
     """Gradients (fp32) of x, delta, A, B, C, D, delta_bias."""
     h, w = x.shape[-2:]
     dx, ddelta, dAp, dBp, dCp, dDp, dbp, _ = _ext_or_raise().backward(
-        dy.float().contiguous(), None, _map(x), _map(delta.to(x.dtype)), _f32(A),
-        _scan_rows(B, mode), _scan_rows(C, mode), _f32(D), _f32(delta_bias), None, states,
-        delta_softplus, 4, _MODE_IDS[mode])
+        dy.float().contiguous(), None, pixel_map(x), pixel_map(delta.to(x.dtype)), f32(A),
+        _scan_rows(B, mode), _scan_rows(C, mode), f32(D), f32(delta_bias), None, states,
+        delta_softplus, 4, MODE_IDS[mode])
     dB = _from_scan_order(dBp.sum(2).transpose(-1, -2), mode, h, w)
     dC = _from_scan_order(dCp.sum(2).transpose(-1, -2), mode, h, w)
     return dx, ddelta, dAp.sum(0), dB, dC, dDp.sum(0), dbp.sum(0)
@@ -339,14 +423,12 @@ def _cross_bwd_fake(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus
 register_cross_autograd(_cross_op, _cross_bwd_op, "cpu cross scan")
 
 
-def cross_selective_scan_cpu(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
+def cross_selective_scan_cpu(x, delta, A, B, C, *, D=None, delta_bias=None, delta_softplus=False,
                              mode="cross2d", out_float=False):
     """Fused ``cross_selective_scan`` (the backend's ``cross_fn``): inputs in pixel layout, the
-    kernel walks the four scan orders of ``mode`` itself and accumulates the merged output."""
-    _check_mode(mode)
-    if A.shape[1] > MAX_STATE or x.numel() == 0:
-        return composed_cross_scan(selective_scan_torch, x, delta, A, B, C, D, delta_bias, delta_softplus, mode,
-                                   out_float)
+    kernel walks the four scan orders of ``mode`` itself and accumulates the merged output.
+    Called, like the plain op, only inside the backend's contract."""
+    check_scan_mode(mode)
     save = needs_grad(x, delta, A, B, C, D, delta_bias)
     y, _ = _cross_op(x, delta, A, B, C, D, delta_bias, bool(delta_softplus), mode, save)
     return y if out_float else y.to(x.dtype)
@@ -359,6 +441,7 @@ register_flop_formula(torch.ops.vmamba.cross_selective_scan_cpu)(cross_scan_op_f
 
 register_backend(
     "cpu", selective_scan_cpu, devices=("cpu",), dtypes=(torch.float32, torch.bfloat16, torch.float16),
-    priority=10, is_available=is_available, cross_fn=cross_selective_scan_cpu,
+    max_d_state=MAX_STATE, empty_inputs=False, priority=10, is_available=is_available,
+    cross_fn=cross_selective_scan_cpu,
     description="fused C++ kernel (SIMD over channels, OpenMP over batch x channels), compiled on first use",
 )

@@ -11,7 +11,7 @@ from .scan_common import compute_dtype, expand_groups, finish_output, step_sizes
 
 
 def selective_scan_reference(
-    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, z=None,
+    u, delta, A, B, C, *, D=None, delta_bias=None, delta_softplus=False, z=None,
     return_last_state=False, out_float=False,
 ):
     """Sequential selective scan; same signature, shapes and semantics as ``selective_scan``."""

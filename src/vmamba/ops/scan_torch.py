@@ -163,7 +163,7 @@ def _recomputed_in_slices(u, dt, A, B, C, chunk_size):
 
 
 def selective_scan_torch(
-    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, z=None,
+    u, delta, A, B, C, *, D=None, delta_bias=None, delta_softplus=False, z=None,
     return_last_state=False, out_float=False, chunk_size: int | None = None,
 ):
     """Chunked selective scan; same signature, shapes and semantics as ``selective_scan``.

@@ -15,7 +15,13 @@ chunk's states from the saved one and runs the adjoint recurrence, so nothing of
 batch * D * L * N is ever stored. Gradients summed over channels (dB, dC) or time (dA, dD,
 d delta_bias) go to per-program slots summed by torch afterwards: no atomics, so results are
 deterministic. Each d_state class has its own tile shape (``CONFIGS``; d_state 1, the v2 models:
-128 channels per program); d_state above ``MAX_STATE`` falls through to the ``"torch"`` backend.
+128 channels per program). The backend's contract: CUDA tensors, fp32/fp16/bf16, d_state up to
+``MAX_STATE``, no empty input; ``"auto"`` takes the ``"torch"`` backend for anything else.
+
+Until they have run on the GPU at hand, the kernels are not trusted: before the backend's first
+use on a device with a dtype, :func:`self_check` runs them on a small problem against the
+``"torch"`` backend (forward and backward). If compiling, launching or the comparison fails,
+``"auto"`` uses the next backend there, with one warning, and naming ``"triton"`` is an error.
 
 Four ops are registered with ``torch.library`` (fake implementations, autograd formulas and FLOP
 formulas included, so ``torch.compile`` traces through them without graph breaks):
@@ -46,21 +52,19 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from .backends import register_backend
-from .cross_scan import _check_mode
-from .cross_selective_scan import composed_cross_scan
-from .scan_common import cross_scan_op_flops, scan_op_flops
-from .kernel_autograd import needs_grad, register_cross_autograd, register_scan_autograd
-from .scan_torch import selective_scan_torch
+from .kernel_common import (
+    MODE_IDS, check_scan_mode, cross_scan_op_flops, f32, needs_grad, pixel_map,
+    register_cross_autograd, register_scan_autograd, scan_op_flops,
+)
 
 __all__ = [
-    "selective_scan_triton", "cross_selective_scan_triton", "is_available", "triton_info",
+    "selective_scan_triton", "cross_selective_scan_triton", "is_available", "triton_info", "self_check",
     "SCAN_OP", "CROSS_SCAN_OP", "MAX_STATE", "CONFIGS",
 ]
 
 SCAN_OP = "vmamba::selective_scan_triton"
 CROSS_SCAN_OP = "vmamba::cross_selective_scan_triton"
-MAX_STATE = 32  # largest d_state the kernels take; larger ones go to the "torch" backend
-_MODE_IDS = {"cross2d": 1, "unidi": 2, "bidi": 3}
+MAX_STATE = 32  # largest d_state the kernels take (the contract's max_d_state)
 _KERNEL_SOURCE = Path(__file__).with_name("triton_kernels.py")
 _MAX_GRID_YZ = 65535  # CUDA's limit on grid dimensions 1 and 2 (groups, batch)
 
@@ -219,16 +223,6 @@ def _n_split(batch: int, groups: int, n_blocks: int, device: torch.device) -> in
     return max(1, min(n_blocks, math.ceil(8 * sms / max(1, batch * groups))))
 
 
-def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.float().contiguous()
-
-
-def _map(t: Tensor) -> Tensor:
-    """t itself when its last two (H, W) dims flatten to one stride, else a contiguous copy."""
-    h, w = t.shape[-2:]
-    return t if h == 1 or t.stride(-2) == w * t.stride(-1) else t.contiguous()
-
-
 def _check_launch(batch: int, groups: int, *tensors: Optional[Tensor]) -> None:
     """Grid limits, and offsets inside one batch element that fit the kernels' 32-bit arithmetic."""
     if batch > _MAX_GRID_YZ or groups > _MAX_GRID_YZ:
@@ -260,7 +254,7 @@ def _forward(kern, u, su, delta, sd, A, B, sB, C, sC, D, delta_bias, z, sz, y, s
     last = u.new_empty((batch, kd, n), dtype=torch.float32)
     states = u.new_empty((batch, kd, nc, n) if save else (0,), dtype=torch.float32)
     _check_launch(batch, groups, u, delta, B, C, z, y, states)
-    A32, D32, b32 = _f32(A), _f32(D), _f32(delta_bias)
+    A32, D32, b32 = f32(A), f32(D), f32(delta_bias)
     dummy = A32
     grid = (-(-dg // cfg.fwd_d), groups, batch)
     with _on_device(u):
@@ -288,14 +282,14 @@ def _backward(kern, dy, sy, dlast, u, su, delta, sd, A, B, sB, C, sC, D, delta_b
     gt = groups * kdir
     n_blocks = -(-dg // cfg.bwd_d)
     n_split = _n_split(batch, groups, n_blocks, u.device)
-    f32 = dict(dtype=torch.float32, device=u.device)
-    gc = (dlast.float().contiguous().clone() if dlast is not None else torch.zeros((batch, kd, n), **f32))
-    dA = torch.zeros((batch, kd, n), **f32)
-    dD = torch.zeros((batch, kd), **f32)
-    db = torch.zeros((batch, kd), **f32)
-    dB = torch.empty((batch, gt, n_split, n, L), **f32)
-    dC = torch.empty((batch, gt, n_split, n, L), **f32)
-    A32, D32, b32 = _f32(A), _f32(D), _f32(delta_bias)
+    fp32 = dict(dtype=torch.float32, device=u.device)
+    gc = (dlast.float().contiguous().clone() if dlast is not None else torch.zeros((batch, kd, n), **fp32))
+    dA = torch.zeros((batch, kd, n), **fp32)
+    dD = torch.zeros((batch, kd), **fp32)
+    db = torch.zeros((batch, kd), **fp32)
+    dB = torch.empty((batch, gt, n_split, n, L), **fp32)
+    dC = torch.empty((batch, gt, n_split, n, L), **fp32)
+    A32, D32, b32 = f32(A), f32(D), f32(delta_bias)
     dummy = A32
     _check_launch(batch, groups, u, delta, B, C, z, dy, du, ddelta, dz, states, dB)
     grid = (n_split, groups, batch)
@@ -386,7 +380,7 @@ register_scan_autograd(_scan_op, _scan_bwd_op, "triton scan")
 
 
 def selective_scan_triton(
-    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, z=None,
+    u, delta, A, B, C, *, D=None, delta_bias=None, delta_softplus=False, z=None,
     return_last_state=False, out_float=False,
 ):
     """The ``"triton"`` backend: same signature, shapes and semantics as ``selective_scan``.
@@ -399,12 +393,9 @@ def selective_scan_triton(
 
     Returns:
         y (batch, D, L), fp32 if ``out_float`` else u's dtype; with ``return_last_state`` also the
-        last state (batch, D, N) in fp32. A d_state above ``MAX_STATE``, float64 inputs or an empty
-        input fall through to the ``"torch"`` backend.
+        last state (batch, D, N) in fp32. The public op calls it only inside the backend's contract
+        (d_state at most ``MAX_STATE``, no float64, no empty input).
     """
-    if A.shape[1] > MAX_STATE or u.numel() == 0 or u.dtype == torch.float64:
-        return selective_scan_torch(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus,
-                                    z=z, return_last_state=return_last_state, out_float=out_float)
     save = needs_grad(u, delta, A, B, C, D, delta_bias, z)
     y, last, _ = _scan_op(u, delta, A, B, C, D, delta_bias, z, bool(delta_softplus), save, bool(out_float))
     return (y, last) if return_last_state else y
@@ -428,13 +419,13 @@ def _cross_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Opti
     """Merged y (batch, D, H, W) fp32 and the saved states (batch, 4*D, n_chunks, N) fp32.
     x (batch, D, H, W); delta (batch, 4, D, H, W); B, C (batch, 4, N, H, W); A (4*D, N)."""
     kern = _kernels_for(x)
-    x, delta, B, C = _map(x), _map(delta), _map(B), _map(C)
+    x, delta, B, C = pixel_map(x), pixel_map(delta), pixel_map(B), pixel_map(C)
     b, d, h, w = x.shape
     y = x.new_empty((b, d, h, w), dtype=torch.float32)
     su, sd, sB, sC = _cross_strides(x, delta, B, C)
     _, states = _forward(kern, x, su, delta, sd, A, B, sB, C, sC, D, delta_bias, None, _NO_STRIDES,
                          y, (d * h * w, h * w, 1), groups=1, dg=d, L=h * w, H=h, W=w,
-                         delta_softplus=delta_softplus, save=save_states, kdir=4, mode_id=_MODE_IDS[mode])
+                         delta_softplus=delta_softplus, save=save_states, kdir=4, mode_id=MODE_IDS[mode])
     return y, states
 
 
@@ -454,7 +445,7 @@ def _cross_bwd_op(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C:
                   mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of x (fp32), delta (its dtype), and in fp32 of A, B, C (pixel layout), D, delta_bias."""
     kern = _kernels_for(x)
-    x, delta, B, C, dy = _map(x), _map(delta), _map(B), _map(C), _map(dy)
+    x, delta, B, C, dy = pixel_map(x), pixel_map(delta), pixel_map(B), pixel_map(C), pixel_map(dy)
     b, d, h, w = x.shape
     L = h * w
     dx = x.new_empty((b, d, h, w), dtype=torch.float32)
@@ -464,7 +455,7 @@ def _cross_bwd_op(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C:
     dA, dB, dC, dD, db = _backward(
         kern, dy, sy, None, x, su, delta, sd, A, B, sB, C, sC, D, delta_bias, None, _NO_STRIDES, states,
         dx, (d * L, L, 1), ddelta, (4 * d * L, d * L, L, 1), None, _NO_STRIDES,
-        groups=1, dg=d, L=L, H=h, W=w, delta_softplus=delta_softplus, kdir=4, mode_id=_MODE_IDS[mode])
+        groups=1, dg=d, L=L, H=h, W=w, delta_softplus=delta_softplus, kdir=4, mode_id=MODE_IDS[mode])
     n = A.shape[1]
     return dx, ddelta, dA, dB.reshape(b, 4, n, h, w), dC.reshape(b, 4, n, h, w), dD, db
 
@@ -481,20 +472,16 @@ def _cross_bwd_fake(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus
 register_cross_autograd(_cross_op, _cross_bwd_op, "triton cross scan")
 
 
-def cross_selective_scan_triton(x, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False,
+def cross_selective_scan_triton(x, delta, A, B, C, *, D=None, delta_bias=None, delta_softplus=False,
                                 mode="cross2d", out_float=False):
     """Fused ``cross_selective_scan`` (the backend's ``cross_fn``), same signature and shapes:
     x (batch, D, H, W); delta (batch, 4, D, H, W); A (4*D, N); B, C (batch, 4, N, H, W);
     D, delta_bias (4*D,). Returns y (batch, D, H, W), fp32 if ``out_float`` else x's dtype.
 
     The kernel walks the four scan orders of ``mode`` on the pixel-layout inputs and accumulates
-    the merged output itself. d_state above ``MAX_STATE`` (or an empty map, or float64) takes the
-    generic composition over the ``"torch"`` backend.
+    the merged output itself. Called, like the plain op, only inside the backend's contract.
     """
-    _check_mode(mode)
-    if A.shape[1] > MAX_STATE or x.numel() == 0 or x.dtype == torch.float64:
-        return composed_cross_scan(selective_scan_torch, x, delta, A, B, C, D, delta_bias, delta_softplus, mode,
-                                   out_float)
+    check_scan_mode(mode)
     save = needs_grad(x, delta, A, B, C, D, delta_bias)
     y, _ = _cross_op(x, delta, A, B, C, D, delta_bias, bool(delta_softplus), mode, save)
     return y if out_float else y.to(x.dtype)
@@ -505,8 +492,83 @@ register_flop_formula(torch.ops.vmamba.selective_scan_triton)(scan_op_flops)
 register_flop_formula(torch.ops.vmamba.cross_selective_scan_triton)(cross_scan_op_flops)
 
 
+# ----------------------------------------------------------------------------- self-check
+
+# Largest max|kernel - torch backend| / max|torch backend| that passes, by input dtype: fp32 leaves
+# room for the GPU's approximate exp2; half-precision gradients are rounded to their dtype.
+SELF_CHECK_TOL = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+
+
+def _rel_err(a: Tensor, b: Tensor) -> float:
+    return ((a.double() - b.double()).abs().max() / (b.double().abs().max() + 1e-6)).item()
+
+
+def _check_problem(device: torch.device, dtype: torch.dtype):
+    """A small fused cross-scan problem (d_state 16 on a GPU) and a plain one (d_state 1, gated),
+    fixed seed; both several chunks long. Tiny under the interpreter (CPU), which is slow."""
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape, scale=1.0, cast=True):
+        t = torch.randn(*shape, generator=g) * scale
+        return t.to(device, dtype if cast else torch.float32)
+
+    b, d, h, w, n, length = (2, 8, 5, 7, 16, 37) if device.type == "cuda" else (1, 4, 3, 4, 2, 19)
+    cross = dict(x=r(b, d, h, w), delta=r(b, 4, d, h, w, scale=0.5), A=-(r(4 * d, n, cast=False).abs() + 0.1),
+                 B=r(b, 4, n, h, w), C=r(b, 4, n, h, w), D=r(4 * d, cast=False),
+                 delta_bias=r(4 * d, scale=0.3, cast=False))
+    plain = dict(u=r(b, d, length), delta=r(b, d, length, scale=0.5), A=-(r(d, 1, cast=False).abs() + 0.1),
+                 B=r(b, 2, 1, length), C=r(b, 2, 1, length), D=r(d, cast=False), z=r(b, d, length))
+    return cross, plain
+
+
+def self_check(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Run the kernels on a small problem on ``device`` with ``dtype`` inputs against the
+    ``"torch"`` backend: the fused cross scan forward and backward (d_state 16) and the plain gated
+    scan forward (d_state 1). Returns None when every output and gradient agrees within
+    :data:`SELF_CHECK_TOL`, else what failed (an exception from compiling or launching, or the
+    largest disagreement). The registry runs it once per device and dtype, before first use.
+    """
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    # The public ops give the "torch" backend's answer (imported late: the package imports this module).
+    from .cross_selective_scan import cross_selective_scan
+    from .selective_scan import selective_scan
+
+    tol = SELF_CHECK_TOL.get(dtype, 1e-3)
+    # Real tensors and autograd even when called while a model is traced or run under no_grad.
+    with _disable_current_modes(), torch.inference_mode(False), torch.enable_grad(), \
+            torch.autocast(device.type, enabled=False):
+        try:
+            cross, plain = _check_problem(device, dtype)
+            leaves = {k: v.requires_grad_() for k, v in cross.items()}
+            kw = dict(delta_softplus=True, out_float=True)
+            y = cross_selective_scan_triton(*[leaves[k] for k in ("x", "delta", "A", "B", "C")], D=leaves["D"],
+                                            delta_bias=leaves["delta_bias"], **kw)
+            y_ref = cross_selective_scan(*[leaves[k] for k in ("x", "delta", "A", "B", "C")], D=leaves["D"],
+                                         delta_bias=leaves["delta_bias"], backend="torch", **kw)
+            gy = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(1)).to(device)
+            grads = torch.autograd.grad((y * gy).sum(), list(leaves.values()))
+            grads_ref = torch.autograd.grad((y_ref * gy).sum(), list(leaves.values()))
+            p = plain
+            y_plain = selective_scan_triton(p["u"], p["delta"], p["A"], p["B"], p["C"], D=p["D"], z=p["z"], **kw)
+            y_plain_ref = selective_scan(p["u"], p["delta"], p["A"], p["B"], p["C"], D=p["D"], z=p["z"],
+                                         backend="torch", **kw)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        except Exception as e:  # noqa: BLE001 - a compile or launch error is a failed check
+            return f"{type(e).__name__}: {str(e).strip()[:400]}"
+    results = [("cross-scan y", y, y_ref), ("plain scan y", y_plain, y_plain_ref)]
+    results += [(f"cross-scan d{name}", a, r) for name, a, r in zip(leaves, grads, grads_ref)]
+    for what, got, want in results:
+        err = _rel_err(got, want)
+        if not err <= tol:  # also catches NaN
+            return f"{what} differs from the 'torch' backend by {err:.3g} (relative; allowed {tol:g})"
+    return None
+
+
 register_backend(
     "triton", selective_scan_triton, devices=("cuda",), dtypes=(torch.float32, torch.bfloat16, torch.float16),
-    priority=20, is_available=is_available, cross_fn=cross_selective_scan_triton,
+    max_d_state=MAX_STATE, empty_inputs=False, priority=20, is_available=is_available, self_check=self_check,
+    cross_fn=cross_selective_scan_triton,
     description="Triton GPU kernels (chunked parallel scan, fp32 state), compiled by Triton on first use",
 )

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .backends import register_backend, resolve_backend
+from .backends import is_empty, register_backend, resolve_backend
 from .scan_reference import selective_scan_reference
 from .scan_torch import selective_scan_torch
 
@@ -69,6 +69,7 @@ def selective_scan(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
+    *,
     D: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
@@ -78,6 +79,10 @@ def selective_scan(
     backend: str = "auto",
 ):
     """Selective scan (Mamba's S6) over grouped channels, with state and arithmetic in fp32.
+
+    ``u, delta, A, B, C`` are positional; everything after ``C`` is keyword-only (mamba_ssm's
+    ``selective_scan_fn`` orders them ``D, z, delta_bias, delta_softplus``, an older order here
+    put ``z`` last: naming them makes code ported from either bind the same way).
 
     For every batch b and channel c (group g = c // (D / G)), with h_{-1} = 0::
 
@@ -98,14 +103,16 @@ def selective_scan(
         z: gate, (batch, D, L), optional.
         return_last_state: also return h_{L-1}, (batch, D, N), in the compute dtype.
         out_float: return y in fp32 (the compute dtype) instead of u's dtype.
-        backend: a name from ``available_backends()`` or ``"auto"`` (the fastest available
-            for the tensors' device and dtype).
+        backend: a name from ``available_backends()``, or ``"auto"``: the highest-priority
+            available backend whose contract (device, dtype, largest d_state, empty inputs; see
+            :mod:`vmamba.ops.backends`) covers the call. A named backend whose contract does not
+            cover the call raises a ValueError; it is never swapped for another.
 
     Returns:
         y, (batch, D, L); or (y, last_state) when ``return_last_state``.
     """
     B, C = check_scan_inputs(u, delta, A, B, C, D, delta_bias, z)
-    impl = resolve_backend(backend, u.device.type, u.dtype)
+    impl = resolve_backend(backend, u.device, u.dtype, A.shape[1], is_empty(u))
     return impl.fn(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus,
                    z=z, return_last_state=return_last_state, out_float=out_float)
 

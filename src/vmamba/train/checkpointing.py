@@ -16,10 +16,13 @@ import numpy as np
 import torch
 
 from ..checkpoint import CheckpointError, atomic_save, save_weights
+from .outdir import reported_writes
 
 
 def save_training_checkpoint(obj: dict, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` atomically: temporary file, flush + fsync, rename."""
+    """``torch.save(obj, path)`` atomically: temporary file, flush + fsync, rename. A failed write
+    (a full disk) raises :class:`~vmamba.train.outdir.WriteError` naming ``path``; the previous
+    file stays as it was."""
     def write(tmp):
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -27,7 +30,8 @@ def save_training_checkpoint(obj: dict, path: str | os.PathLike) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
 
-    atomic_save(write, path)
+    with reported_writes(path):
+        atomic_save(write, path)
 
 
 def rng_state() -> dict:
@@ -67,8 +71,9 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict:
 
 def export_safetensors(model: torch.nn.Module, path: str | os.PathLike, class_names: list[str],
                        data_config: dict, **extra) -> None:
-    """Write the weights as safetensors whose metadata rebuilds the model (``vmamba.checkpoint.load_model``)
+    """Write the weights as safetensors whose metadata rebuilds the model (``vmamba.load_model``)
     and its inputs: ``vmamba_config``, ``class_names`` and ``data_config`` (JSON strings)."""
     metadata = {"class_names": json.dumps(class_names), "data_config": json.dumps(data_config)}
     metadata.update({k: json.dumps(v) for k, v in extra.items()})
-    save_weights(model, path, metadata=metadata)
+    with reported_writes(path):
+        save_weights(model, path, metadata=metadata)

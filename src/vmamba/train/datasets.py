@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+from ..utils import IMAGE_EXTENSIONS
 BUILTIN = "fashion-mnist"
+PATHFINDER = ("pathfinder32", "pathfinder64", "pathfinder32-mini")  # built-in, see vmamba.data.pathfinder
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)  # Debian's dataset-fashion-mnist
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
-PATHFINDER = ("pathfinder32", "pathfinder64", "pathfinder32-mini")  # built-in, see vmamba.data.pathfinder
 
 
 class DataError(ValueError):
@@ -129,36 +129,113 @@ def load_fashion_mnist(full: bool | None = None) -> tuple[dict, str]:
     return splits, "Fashion-MNIST (subset shipped with vmamba)"
 
 
-def build_dataset(data: str, split: str, transform=None, strict: bool = False):
-    """The dataset for ``split`` ('train' or 'val'): the built-in name or an ImageFolder root.
+FASHION_NAMES = (BUILTIN, f"{BUILTIN}-full", f"{BUILTIN}-subset")
+BUILTIN_NAMES = FASHION_NAMES + PATHFINDER
+SPLIT_SEED = 0  # the held-out validation split is the same for every run and --seed
 
-    An ImageFolder root must hold ``train/<class>/*`` and ``val/<class>/*`` (``test/`` is accepted
-    for 'val' when ``val/`` is missing). For the built-in dataset 'val' is its test set.
-    """
-    if data in (BUILTIN, f"{BUILTIN}-full", f"{BUILTIN}-subset"):
-        full = {BUILTIN: None, f"{BUILTIN}-full": True, f"{BUILTIN}-subset": False}[data]
-        splits, desc = load_fashion_mnist(full)
-        x, y = splits["train" if split == "train" else "test"]
-        ds = ArrayDataset(x, y, FASHION_MNIST_CLASSES, transform)
-        ds.description = desc
-        return ds
-    if data in PATHFINDER:  # generated from a seed: vmamba.data.pathfinder
-        from ..data.pathfinder import CLASSES, load_pathfinder
 
-        x, y = load_pathfinder(data)["train" if split == "train" else "test"]
-        ds = ArrayDataset(x, y, CLASSES, transform)
-        ds.description = f"Pathfinder {data} (generated)"
-        return ds
+def holdout_indices(targets: list[int], fraction: float, seed: int = SPLIT_SEED) -> tuple[list[int], list[int]]:
+    """Split sample indices into (train, val), ``fraction`` of every class to val (at least one
+    image per class with two or more), chosen by a fixed-seed shuffle: the same split every run."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(t, []).append(i)
+    train, val = [], []
+    for label in sorted(by_class):
+        idx = rng.permutation(by_class[label]).tolist()
+        k = min(max(1, round(fraction * len(idx))), len(idx) - 1) if len(idx) > 1 else 0
+        val += idx[:k]
+        train += idx[k:]
+    return sorted(train), sorted(val)
+
+
+class Subset(Dataset):
+    """Some samples of a dataset, keeping its ``classes`` and giving ``targets`` of those samples."""
+
+    def __init__(self, base, indices: list[int], description: str):
+        self.base, self.indices, self.description = base, list(indices), description
+        self.classes = base.classes
+        self.targets = [base.targets[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.base[self.indices[i]]
+
+
+def has_own_val(data: str) -> bool:
+    """Whether the data brings a validation split (a folder with val/); else one is held out of train."""
+    return data not in BUILTIN_NAMES and (Path(data) / "val").is_dir()
+
+
+def has_test(data: str) -> bool:
+    """Whether the data has a test split, measured once at the end of a run."""
+    return data in BUILTIN_NAMES or (Path(data) / "test").is_dir()
+
+
+def class_names(data: str) -> list[str]:
+    """The class names of the data, cheaply (no image files listed): for building the model first."""
+    if data in PATHFINDER:
+        from ..data.pathfinder import CLASSES
+
+        return list(CLASSES)
+    if data in BUILTIN_NAMES:
+        return list(FASHION_MNIST_CLASSES)
+    root = _folder_root(data) / "train"
+    if not root.is_dir():
+        return build_dataset(data, "train").classes  # raises the layout error
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _folder_root(data: str) -> Path:
     root = Path(data)
     if not root.is_dir():
         raise DataError(f"--data {data!r}: not a folder and not the built-in dataset {BUILTIN!r}")
-    sub = root / split
-    if split == "val" and not sub.is_dir() and (root / "test").is_dir():
-        sub = root / "test"
+    return root
+
+
+def build_dataset(data: str, split: str, transform=None, strict: bool = False, val_fraction: float = 0.1):
+    """The dataset for ``split`` ('train', 'val' or 'test'): the built-in name or an ImageFolder root.
+
+    An ImageFolder root holds ``train/<class>/*`` and optionally ``val/`` and ``test/`` alike.
+    When there is no ``val/`` (and always for the built-in set), 'val' is ``val_fraction`` of the
+    training images held out per class with a fixed seed (:func:`holdout_indices`), and 'train'
+    is the rest. 'test' is the built-in test set or ``test/``.
+    """
+    if split not in ("train", "val", "test"):
+        raise DataError(f"split {split!r}: expected train, val or test")
+    if data in PATHFINDER:  # generated from a seed: vmamba.data.pathfinder
+        from ..data.pathfinder import CLASSES, load_pathfinder
+
+        x, y = load_pathfinder(data)["test" if split == "test" else "train"]
+        ds = ArrayDataset(x, y, CLASSES, transform)
+        ds.description = f"Pathfinder {data} (generated)"
+        return ds if split == "test" else _held_out(ds, split, val_fraction, ds.description)
+    if data in BUILTIN_NAMES:
+        full = {BUILTIN: None, f"{BUILTIN}-full": True, f"{BUILTIN}-subset": False}[data]
+        splits, desc = load_fashion_mnist(full)
+        x, y = splits["test" if split == "test" else "train"]
+        ds = ArrayDataset(x, y, FASHION_MNIST_CLASSES, transform)
+        ds.description = desc
+        return ds if split == "test" else _held_out(ds, split, val_fraction, desc)
+    root = _folder_root(data)
+    folder = split if split == "test" or has_own_val(data) else "train"
+    sub = root / folder
     if not sub.is_dir():
         found = sorted(d.name for d in root.iterdir() if d.is_dir())
-        raise DataError(f"{root} has no '{split}' folder (found: {found or 'nothing'}); expected the layout "
-                        f"{root}/train/<class>/<images> and {root}/val/<class>/<images>")
+        raise DataError(f"{root} has no '{folder}' folder (found: {found or 'nothing'}); expected the layout "
+                        f"{root}/train/<class>/<images>, optionally {root}/val/... and {root}/test/...")
     ds = ImageFolder(sub, transform, strict)
     ds.description = f"ImageFolder {sub}"
+    if split != "test" and not has_own_val(data):
+        return _held_out(ds, split, val_fraction, ds.description)
     return ds
+
+
+def _held_out(ds, split: str, fraction: float, desc: str) -> Subset:
+    train, val = holdout_indices(ds.targets, fraction)
+    if split == "val":
+        return Subset(ds, val, f"{desc}: {len(val)} training images held out ({fraction:g} per class, seed {SPLIT_SEED})")
+    return Subset(ds, train, f"{desc}: {len(train)} images (the held-out {len(val)} excluded)")

@@ -17,12 +17,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from .. import create_model
+from ..checkpoint import CheckpointError
 from . import distributed as dist
 from .checkpointing import (export_safetensors, load_training_checkpoint, rng_state, save_training_checkpoint,
                             set_rng_state)
-from .config import TrainConfig
-from .datasets import ArrayDataset, DataError, build_dataset
-from .reporting import MetricsLog, plot_curves, progress_bar, summary
+from .config import ConfigError, TrainConfig, validate
+from .datasets import ArrayDataset, DataError, build_dataset, class_names, has_test
+from .outdir import RunLock, reported_writes
+from ..utils import progress_bar
+from .reporting import MetricsLog, plot_curves, summary
 from .transforms import BatchAugment, EvalTransform, Mixup, TrainTransform, normalize
 
 
@@ -59,36 +62,61 @@ def data_config(cfg: TrainConfig) -> dict:
                 crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)
 
 
-def make_loaders(cfg: TrainConfig, device: torch.device):
-    """Train and validation datasets and loaders (distributed-aware)."""
-    train_ds = build_dataset(cfg.data, "train", TrainTransform(cfg.img_size, cfg.in_chans, cfg.scale, cfg.ratio,
-                                                               hflip=cfg.hflip, interpolation=cfg.interpolation),
-                             cfg.strict_data)
-    val_ds = build_dataset(cfg.data, "val", EvalTransform(cfg.img_size, cfg.in_chans, cfg.crop_pct, cfg.interpolation),
-                           cfg.strict_data)
-    if train_ds.classes != val_ds.classes:
-        raise DataError(f"train and val have different classes: {train_ds.classes[:5]}... vs {val_ds.classes[:5]}...")
-    workers = cfg.workers if cfg.workers >= 0 else (0 if isinstance(train_ds, ArrayDataset) else min(8, os.cpu_count() or 1))
+@dataclasses.dataclass
+class Data:
+    """The run's datasets and loaders; ``test`` is None when the data has no test split."""
+
+    train: object
+    val: object
+    test: object | None
+    train_loader: DataLoader
+    val_loader: DataLoader
+    test_loader: DataLoader | None
+
+
+def make_loaders(cfg: TrainConfig, device: torch.device) -> Data:
+    """Train, validation and (when the data has one) test datasets and loaders (distributed-aware).
+
+    Validation picks the best epoch and the EMA-or-raw weights; the test split is measured once,
+    at the end. Without a val split of its own, validation is held out of the training images.
+    """
+    def dataset(split, transform):
+        return build_dataset(cfg.data, split, transform, cfg.strict_data, cfg.val_fraction)
+
+    evaluation = EvalTransform(cfg.img_size, cfg.in_chans, cfg.crop_pct, cfg.interpolation)
+    train_ds = dataset("train", TrainTransform(cfg.img_size, cfg.in_chans, cfg.scale, cfg.ratio, hflip=cfg.hflip,
+                                               interpolation=cfg.interpolation))
+    val_ds = dataset("val", evaluation)
+    test_ds = dataset("test", evaluation) if has_test(cfg.data) else None
+    for name, ds in (("val", val_ds), ("test", test_ds)):
+        if ds is not None and ds.classes != train_ds.classes:
+            raise DataError(f"train and {name} have different classes: {train_ds.classes[:5]}... "
+                            f"vs {ds.classes[:5]}...")
+    workers = cfg.workers if cfg.workers >= 0 else (0 if isinstance(getattr(train_ds, "base", train_ds), ArrayDataset)
+                                                    else min(8, os.cpu_count() or 1))
     common = dict(num_workers=workers, collate_fn=collate_skipping, pin_memory=device.type == "cuda",
                   persistent_workers=False)
     sampler = DistributedSampler(train_ds, dist.world_size(), dist.rank(), shuffle=True, seed=cfg.seed, drop_last=True)
     train_loader = DataLoader(train_ds, cfg.batch_size, sampler=sampler, drop_last=True, **common)
-    val_loader = DataLoader(val_ds, cfg.batch_size, sampler=ShardSampler(len(val_ds), dist.rank(), dist.world_size()),
-                            **common)
     if len(train_loader) == 0:
         raise DataError(f"{len(train_ds)} training images are fewer than one batch per process "
                         f"({cfg.batch_size} x {dist.world_size()}); lower --batch-size")
-    return train_ds, val_ds, train_loader, val_loader
+
+    def eval_loader(ds):
+        return DataLoader(ds, cfg.batch_size, sampler=ShardSampler(len(ds), dist.rank(), dist.world_size()), **common)
+
+    return Data(train_ds, val_ds, test_ds, train_loader, eval_loader(val_ds),
+                eval_loader(test_ds) if test_ds is not None else None)
 
 
 # --- model and optimisation ---------------------------------------------------------------
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """``create_model(cfg.model, **cfg.model_args)`` with the data's classes and channels."""
+    """``create_model(cfg.model, pretrained=cfg.pretrained, **cfg.model_args)`` with the data's classes and channels."""
     kwargs = dict(cfg.model_args, num_classes=num_classes, in_chans=cfg.in_chans)
     if cfg.drop_path >= 0:
         kwargs["drop_path_rate"] = cfg.drop_path
-    return create_model(cfg.model, **kwargs)
+    return create_model(cfg.model, pretrained=cfg.pretrained, **kwargs)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -222,151 +250,324 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, augment, mixup,
                 epoch_time=elapsed, lr=optimizer.param_groups[0]["lr"]), step
 
 
+# --- a run: set-up, resume, epochs, final test ----------------------------------------------
+
 def _plain(obj):
     """JSON-able plain values (tuples -> lists), fit for torch.load(weights_only=True)."""
     return json.loads(json.dumps(obj))
 
 
+# Options that may differ when a run is resumed; any other difference is refused.
+RESUME_MAY_CHANGE = {"out", "resume", "preset", "progress", "log_interval", "workers", "threads", "device",
+                     "compile", "strict_data", "grad_checkpointing"}
+TRAINING_CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "args"}
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything that changes while training: the modules, optimiser state and progress."""
+
+    model: nn.Module
+    ema: AveragedModel | None
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    augment: BatchAugment
+    mixup: Mixup
+    amp: torch.dtype | None
+    lr: float
+    start_epoch: int = 0
+    step: int = 0
+    best: float = -1.0
+    record: dict = dataclasses.field(default_factory=dict)  # the last epoch's metrics
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run a training job (see :class:`TrainConfig`); returns the final metrics and output paths.
 
-    Writes to ``cfg.out`` (rank 0 only): ``last.pt`` and ``best.pt`` (full training state,
-    written atomically every epoch), ``model.safetensors`` (final weights + metadata),
-    ``metrics.jsonl``/``metrics.csv``, ``curves.png`` and ``config.json``.
+    Writes to ``cfg.out`` (rank 0 only, holding ``cfg.out/.lock`` meanwhile): ``last.pt`` and
+    ``best.pt`` (full training state, written atomically every epoch), ``model.safetensors``
+    (the selected weights + metadata), ``metrics.jsonl``/``metrics.csv``, ``curves.png``,
+    ``config.json`` and ``result.json`` (the final numbers).
     """
+    validate(cfg)  # make_config did; a TrainConfig built by hand is checked here
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = dist.init_distributed(cfg.device)
+    lock = RunLock(cfg.out) if dist.is_main() else None
     try:
+        if lock is not None:
+            message = lock.acquire()  # also finds an unwritable --out before any work
+            if message:
+                print(message)
         return _train(cfg, device)
     finally:
+        if lock is not None:
+            lock.release()
         dist.cleanup()
 
 
 def _train(cfg: TrainConfig, device: torch.device) -> dict:
-    main = dist.is_main()
     out = Path(cfg.out)
-    say = print if main else (lambda *a, **k: None)
+    say = print if dist.is_main() else (lambda *a, **k: None)
     seed = cfg.seed + dist.rank()
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
 
-    train_ds, val_ds, train_loader, val_loader = make_loaders(cfg, device)
+    ckpt = resume_checkpoint(cfg)  # refusals (a run already there, weights only) before any work
+    classes = class_names(cfg.data)
+    model = build_checked_model(cfg, len(classes)).to(device)  # bad --model-args fail before the data loads
+    data = make_loaders(cfg, device)
     if cfg.train_images > 0:  # an image budget: the same work whatever the dataset's size
-        cfg = dataclasses.replace(cfg, epochs=max(1, round(cfg.train_images / len(train_ds))), train_images=0)
-    classes = train_ds.classes
-    model = build_model(cfg, len(classes)).to(device)
-    if cfg.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    global_batch = cfg.batch_size * dist.world_size()
-    scale = global_batch / cfg.lr_base_batch
-    lr = cfg.lr * scale
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=cfg.betas, eps=cfg.eps)
-    steps_per_epoch = len(train_loader) if not cfg.max_steps_per_epoch else min(len(train_loader), cfg.max_steps_per_epoch)
-    scheduler = build_scheduler(optimizer, cfg, lr, steps_per_epoch, scale)
-    amp = amp_dtype(cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema else None
-    augment = BatchAugment(cfg.mean, cfg.std, cfg.randaugment, cfg.color_jitter, cfg.reprob).to(device)
-    mixup = Mixup(len(classes), cfg.mixup, cfg.cutmix, cfg.mixup_prob, cfg.mixup_switch_prob, cfg.label_smoothing)
-
-    start_epoch, step, best = 0, 0, -1.0
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.tmp"):  # left by a run killed in the middle of a write
-            stale.unlink(missing_ok=True)
-    log = MetricsLog(out) if main else None
-    resume = str(out / "last.pt") if cfg.resume == "auto" else cfg.resume
-    if resume and (cfg.resume != "auto" or Path(resume).exists()):
-        ckpt = load_training_checkpoint(resume)
-        model.load_state_dict(ckpt["model"])
-        if ema is not None and "model_ema" in ckpt:
-            ema.module.load_state_dict(ckpt["model_ema"])
-            ema.n_averaged.fill_(ckpt["ema_n_averaged"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, step, best = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_acc1"]
-        set_rng_state(ckpt["rng"][dist.rank()] if dist.rank() < len(ckpt["rng"]) else ckpt["rng"][0])
-        if main:
-            log.truncate(ckpt["epoch"] + 1, ckpt.get("metrics") or None)
-        say(f"resumed from {resume}: epoch {start_epoch} done, step {step}")
-    elif main:
-        log.truncate(0)
-
-    train_model = model
-    if dist.is_distributed():
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        train_model = torch.compile(train_model)
-
+        cfg = dataclasses.replace(cfg, epochs=max(1, round(cfg.train_images / len(data.train))), train_images=0)
+    if ckpt is not None:
+        check_same_run(ckpt, cfg)
+    run = build_run(cfg, model, len(classes), device, steps_per_epoch(cfg, data.train_loader))
+    if ckpt is not None:
+        restore(run, ckpt)
+        say(f"resumed from {cfg.resume if cfg.resume != 'auto' else out / 'last.pt'}: epoch {run.start_epoch} of "
+            f"{cfg.epochs} done, step {run.step}" + ("; the run is finished: reporting it again"
+                                                    if run.start_epoch >= cfg.epochs else ""))
+    log = prepare_output(cfg, out, ckpt) if dist.is_main() else None
     params = sum(p.numel() for p in model.parameters())
-    say(f"data: {train_ds.description}: {len(train_ds)} train / {len(val_ds)} val images, {len(classes)} classes")
+    say(f"data: {data.train.description}: {len(data.train)} train / {len(data.val)} val"
+        + (f" / {len(data.test)} test" if data.test is not None else " (no test split)")
+        + f" images, {len(classes)} classes")
     say(f"model: {cfg.model} {json.dumps(cfg.model_args) if cfg.model_args else ''} ({params / 1e6:.2f}M params) "
-        f"on {device} x{dist.world_size()}, batch {global_batch}, lr {lr:.2e}, {cfg.epochs} epochs")
-    if main:
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        f"on {device} x{dist.world_size()}, batch {cfg.batch_size * dist.world_size()}, lr {run.lr:.2e}, "
+        f"{cfg.epochs} epochs")
 
     t0 = time.perf_counter()
-    record = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        stats, step = train_one_epoch(train_model, train_loader, optimizer, scheduler, scaler, augment, mixup, ema,
-                                      cfg, device, epoch, step, amp)
-        val = evaluate(model, val_loader, device, len(classes), cfg.mean, cfg.std, amp)
-        record = dict(epoch=epoch + 1, step=step, **stats, val_loss=val["loss"], val_acc1=val["acc1"],
-                      val_acc5=val["acc5"])
-        if ema is not None:
-            val_ema = evaluate(ema.module, val_loader, device, len(classes), cfg.mean, cfg.std, amp)
-            record.update(val_loss_ema=val_ema["loss"], val_acc1_ema=val_ema["acc1"], val_acc5_ema=val_ema["acc5"])
-        acc = max(record["val_acc1"], record.get("val_acc1_ema", -1))
-        is_best = acc > best
-        best = max(best, acc)
-        say(f"epoch {epoch + 1}/{cfg.epochs}  train loss {stats['train_loss']:.4f} acc {stats['train_acc']:.2f}%  "
-            f"val loss {val['loss']:.4f} top-1 {val['acc1']:.2f}% top-5 {val['acc5']:.2f}%"
-            + (f" (EMA {record['val_acc1_ema']:.2f}%)" if ema is not None else "")
-            + f"  {stats['img_per_s']:.0f} img/s  data wait {100 * stats['data_wait_share']:.1f}%  "
-            f"{stats['epoch_time']:.0f}s" + (f"  skipped {stats['skipped_images']} unreadable images"
-                                              if stats["skipped_images"] else ""))
-        rngs = [rng_state()]
-        if dist.is_distributed():
-            rngs = [None] * dist.world_size()
-            torch.distributed.all_gather_object(rngs, rng_state())
-        if main:
-            ckpt = dict(model=model.state_dict(), config=dict(model.config), optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch, step=step,
-                        rng=rngs, sampler=dict(seed=cfg.seed, epoch=epoch + 1, world_size=dist.world_size()),
-                        best_acc1=best, metrics=record, args=_plain(cfg.to_dict()), class_names=list(classes),
-                        data_config=data_config(cfg))
-            if ema is not None:
-                ckpt.update(model_ema=ema.module.state_dict(), ema_n_averaged=int(ema.n_averaged.item()))
-            save_training_checkpoint(ckpt, out / "last.pt")
-            if is_best:
-                save_training_checkpoint(ckpt, out / "best.pt")
-            log.append(record)
+    train_model = wrap_for_training(model, cfg, device)
+    for epoch in range(run.start_epoch, cfg.epochs):
+        record, is_best = run_epoch(run, train_model, data, cfg, device, epoch, len(classes), say)
+        save_epoch(run, cfg, out, epoch, record, is_best, classes, log)
         dist.barrier()
+    return finish(run, cfg, out, data, classes, device, log, params, time.perf_counter() - t0)
 
-    if not record:  # resumed after the last epoch: read the final metrics back
-        record = load_training_checkpoint(resume)["metrics"]
-    # final weights: the EMA when it evaluates better, else the model
-    use_ema = ema is not None and record.get("val_acc1_ema", -1) > record.get("val_acc1", -1)
-    final = ema.module if use_ema else model
-    result = dict(out=str(out), test_acc1=record.get("val_acc1_ema" if use_ema else "val_acc1"),
-                  test_acc5=record.get("val_acc5_ema" if use_ema else "val_acc5"), best_acc1=best,
-                  epochs=cfg.epochs, train_time_s=time.perf_counter() - t0, weights="ema" if use_ema else "model",
+
+def prepare_output(cfg: TrainConfig, out: Path, ckpt: dict | None) -> MetricsLog:
+    """Rank 0, under the folder's lock: drop temporary files of a killed write, cut the metrics log
+    back to the resumed epoch (or start it afresh), write config.json."""
+    with reported_writes(out):
+        for stale in out.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+    log = MetricsLog(out)
+    with reported_writes(log.jsonl):
+        if ckpt is not None:
+            log.truncate(ckpt["epoch"] + 1, ckpt.get("metrics") or None)
+        else:
+            log.truncate(0)
+    with reported_writes(out / "config.json"):
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    return log
+
+
+def steps_per_epoch(cfg: TrainConfig, loader) -> int:
+    return len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
+
+
+def build_checked_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """:func:`build_model`, with a constructor's refusal reported against ``--model-args``."""
+    try:
+        return build_model(cfg, num_classes)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"--model {cfg.model} --model-args {json.dumps(cfg.model_args)}: {e}") from None
+
+
+def build_run(cfg: TrainConfig, model: nn.Module, num_classes: int, device: torch.device, steps: int) -> Run:
+    """Optimiser (lr scaled by the global batch), schedule, AMP, EMA and augmentation for ``model``."""
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    scale = cfg.batch_size * dist.world_size() / cfg.lr_base_batch
+    lr = cfg.lr * scale
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=cfg.betas, eps=cfg.eps)
+    amp = amp_dtype(cfg, device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema else None
+    return Run(model=model, ema=ema, optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg, lr, steps, scale),
+               scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
+               augment=BatchAugment(cfg.mean, cfg.std, cfg.randaugment, cfg.color_jitter, cfg.reprob).to(device),
+               mixup=Mixup(num_classes, cfg.mixup, cfg.cutmix, cfg.mixup_prob, cfg.mixup_switch_prob,
+                           cfg.label_smoothing),
+               amp=amp, lr=lr)
+
+
+def wrap_for_training(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """DDP under torchrun, then torch.compile when asked."""
+    if dist.is_distributed():
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(model) if cfg.compile else model
+
+
+# --- resuming -----------------------------------------------------------------------------
+
+def resume_checkpoint(cfg: TrainConfig) -> dict | None:
+    """The training checkpoint to continue from, or None for a fresh run.
+
+    A fresh run (no ``--resume``) into a folder that already holds a run is refused, so finished
+    work is never overwritten; ``--resume auto`` continues it (or, when finished, reports it again).
+    """
+    last = Path(cfg.out) / "last.pt"
+    if cfg.resume == "auto":
+        return load_resumable(last) if last.exists() else None
+    if cfg.resume:
+        return load_resumable(cfg.resume)
+    if last.exists():
+        raise ConfigError(f"--out {cfg.out} already holds a run ({last}); add --resume auto to continue it "
+                          f"(or report it again when finished), or choose another --out for a new run")
+    return None
+
+
+def load_resumable(path) -> dict:
+    """A training checkpoint from ``path``; a clear error for files that hold weights only."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"--resume {path}: no such file; expected last.pt or best.pt of a vmamba train run")
+    if path.is_dir():
+        raise ConfigError(f"--resume {path}: a folder; expected last.pt or best.pt of a vmamba train run")
+    if path.suffix == ".safetensors":
+        raise ConfigError(f"--resume {path}: holds weights only (no optimiser, schedule or progress); expected "
+                          f"last.pt or best.pt of a vmamba train run")
+    try:
+        ckpt = load_training_checkpoint(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"--resume {path}: not a training checkpoint of vmamba train ({e})") from None
+    missing = TRAINING_CHECKPOINT_KEYS - set(ckpt) if isinstance(ckpt, dict) else TRAINING_CHECKPOINT_KEYS
+    if missing:
+        raise ConfigError(f"--resume {path}: holds weights only, not a training state (missing "
+                          f"{', '.join(sorted(missing))}); expected last.pt or best.pt of a vmamba train run")
+    return ckpt
+
+
+def check_same_run(ckpt: dict, cfg: TrainConfig) -> None:
+    """Refuse to resume with options that change what is trained (another model, data, recipe)."""
+    stored, now = ckpt["args"], _plain(cfg.to_dict())
+    changed = [k for k in now if k in stored and k not in RESUME_MAY_CHANGE and stored[k] != now[k]]
+    if changed:
+        diff = "; ".join(f"--{k.replace('_', '-')} was {json.dumps(stored[k])}, now {json.dumps(now[k])}"
+                         for k in changed)
+        raise ConfigError(f"cannot resume {cfg.out}: the run was started with other options ({diff}). Resume "
+                          f"with the same values, or choose another --out for a new run")
+
+
+def restore(run: Run, ckpt: dict) -> None:
+    """Load a training checkpoint's state into ``run`` (model, EMA, optimiser, schedule, RNG)."""
+    run.model.load_state_dict(ckpt["model"])
+    if run.ema is not None and "model_ema" in ckpt:
+        run.ema.module.load_state_dict(ckpt["model_ema"])
+        run.ema.n_averaged.fill_(ckpt["ema_n_averaged"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    run.start_epoch, run.step, run.best = ckpt["epoch"] + 1, ckpt["step"], ckpt["best_acc1"]
+    run.record = ckpt.get("metrics") or {}
+    set_rng_state(ckpt["rng"][dist.rank()] if dist.rank() < len(ckpt["rng"]) else ckpt["rng"][0])
+
+
+# --- one epoch ----------------------------------------------------------------------------
+
+def run_epoch(run: Run, train_model, data: Data, cfg: TrainConfig, device, epoch: int, num_classes: int,
+              say) -> tuple[dict, bool]:
+    """Train one epoch, validate the model (and its EMA); returns (the epoch's record, is best)."""
+    stats, run.step = train_one_epoch(train_model, data.train_loader, run.optimizer, run.scheduler, run.scaler,
+                                      run.augment, run.mixup, run.ema, cfg, device, epoch, run.step, run.amp)
+    val = evaluate(run.model, data.val_loader, device, num_classes, cfg.mean, cfg.std, run.amp)
+    record = dict(epoch=epoch + 1, step=run.step, **stats, val_loss=val["loss"], val_acc1=val["acc1"],
+                  val_acc5=val["acc5"])
+    if run.ema is not None:
+        val_ema = evaluate(run.ema.module, data.val_loader, device, num_classes, cfg.mean, cfg.std, run.amp)
+        record.update(val_loss_ema=val_ema["loss"], val_acc1_ema=val_ema["acc1"], val_acc5_ema=val_ema["acc5"])
+    run.record = record
+    acc = max(record["val_acc1"], record.get("val_acc1_ema", -1))
+    is_best = acc > run.best
+    run.best = max(run.best, acc)
+    say(f"epoch {epoch + 1}/{cfg.epochs}  train loss {stats['train_loss']:.4f} acc {stats['train_acc']:.2f}%  "
+        f"val loss {val['loss']:.4f} top-1 {val['acc1']:.2f}% top-5 {val['acc5']:.2f}%"
+        + (f" (EMA {record['val_acc1_ema']:.2f}%)" if run.ema is not None else "")
+        + f"  {stats['img_per_s']:.0f} img/s  data wait {100 * stats['data_wait_share']:.1f}%  "
+        f"{stats['epoch_time']:.0f}s" + (f"  skipped {stats['skipped_images']} unreadable images"
+                                          if stats["skipped_images"] else ""))
+    return record, is_best
+
+
+def save_epoch(run: Run, cfg: TrainConfig, out: Path, epoch: int, record: dict, is_best: bool,
+               classes: list[str], log: MetricsLog | None) -> None:
+    """Write last.pt (and best.pt) and the metrics row; rank 0 writes, every rank gives its RNG state."""
+    rngs = [rng_state()]
+    if dist.is_distributed():
+        rngs = [None] * dist.world_size()
+        torch.distributed.all_gather_object(rngs, rng_state())
+    if not dist.is_main():
+        return
+    ckpt = dict(model=run.model.state_dict(), config=dict(run.model.config), optimizer=run.optimizer.state_dict(),
+                scheduler=run.scheduler.state_dict(), scaler=run.scaler.state_dict(), epoch=epoch, step=run.step,
+                rng=rngs, sampler=dict(seed=cfg.seed, epoch=epoch + 1, world_size=dist.world_size()),
+                best_acc1=run.best, metrics=record, args=_plain(cfg.to_dict()), class_names=list(classes),
+                data_config=data_config(cfg))
+    if run.ema is not None:
+        ckpt.update(model_ema=run.ema.module.state_dict(), ema_n_averaged=int(run.ema.n_averaged.item()))
+    save_training_checkpoint(ckpt, out / "last.pt")
+    if is_best:
+        save_training_checkpoint(ckpt, out / "best.pt")
+    with reported_writes(log.jsonl):
+        log.append(record)
+
+
+# --- the end: selected weights, measured once on the test split -----------------------------
+
+def select_weights(run: Run, out: Path) -> tuple[nn.Module, str, dict]:
+    """The weights validation chose: best.pt's model or EMA, whichever validated better there.
+    Returns (module holding them, 'model' or 'ema', best.pt's epoch record). When this --out has
+    no best.pt (resumed from another folder's last.pt, no epoch better since), the last weights."""
+    if not (out / "best.pt").exists():
+        use_ema = run.ema is not None and run.record.get("val_acc1_ema", -1) > run.record["val_acc1"]
+        return (run.ema.module if use_ema else run.model), "ema" if use_ema else "model", run.record
+    best = load_training_checkpoint(out / "best.pt")
+    record = best["metrics"]
+    use_ema = "model_ema" in best and record.get("val_acc1_ema", -1) > record["val_acc1"]
+    module = run.ema.module if use_ema and run.ema is not None else run.model
+    module.load_state_dict(best["model_ema" if use_ema else "model"])
+    return module, "ema" if use_ema else "model", record
+
+
+def finish(run: Run, cfg: TrainConfig, out: Path, data: Data, classes: list[str], device, log, params: int,
+           train_time: float) -> dict:
+    """Measure the selected weights once on the test split (when there is one), export them, report."""
+    dist.barrier()  # best.pt is complete
+    final, weights, record = select_weights(run, out)
+    suffix = "_ema" if weights == "ema" else ""
+    val_acc1, val_acc5 = record["val_acc1" + suffix], record["val_acc5" + suffix]
+    test = None
+    if data.test_loader is not None:
+        test = evaluate(final, data.test_loader, next(final.parameters()).device, len(classes), cfg.mean, cfg.std,
+                        run.amp)
+    split = "test" if test is not None else "val"
+    result = dict(out=str(out), split=split, acc1=test["acc1"] if test else val_acc1,
+                  acc5=test["acc5"] if test else val_acc5, test_acc1=test["acc1"] if test else None,
+                  test_acc5=test["acc5"] if test else None, val_acc1=val_acc1, val_acc5=val_acc5,
+                  best_epoch=record["epoch"], epochs=cfg.epochs, train_time_s=train_time, weights=weights,
                   rank=dist.rank())
-    if main:
-        export_safetensors(final, out / "model.safetensors", list(classes), data_config(cfg),
-                           weights=result["weights"], metrics=record)
-        rows = log.read()
+    if not dist.is_main():
+        return result
+    final_metrics = {k: v for k, v in result.items() if k not in ("out", "rank", "train_time_s")}
+    export_safetensors(final, out / "model.safetensors", list(classes), data_config(cfg), weights=weights,
+                       metrics=dict(record, **final_metrics))
+    with reported_writes(out / "result.json"):
+        (out / "result.json").write_text(json.dumps(dict(final_metrics, data=data.train.description), indent=2) + "\n")
+    rows = log.read()
+    with reported_writes(out / "curves.png"):
         plotted = plot_curves(rows, out / "curves.png")
-        print(summary({
-            "data": train_ds.description,
-            "model": f"{cfg.model} ({params / 1e6:.2f}M params)",
-            "epochs": f"{cfg.epochs} ({len(rows)} logged), {dist.world_size()} process(es) on {device.type}",
-            "time": f"{result['train_time_s']:.0f} s this session",
-            "test top-1": f"{result['test_acc1']:.2f}%  (top-5 {result['test_acc5']:.2f}%, {result['weights']} weights)",
-            "best top-1": f"{best:.2f}%",
-            "checkpoints": f"{out / 'last.pt'}, {out / 'best.pt'}",
-            "weights": str(out / "model.safetensors"),
-            "metrics": f"{log.jsonl}, {log.csv}" + (f", {out / 'curves.png'}" if plotted else ""),
-        }))
+    final_line = (f"{result['acc1']:.2f}%  (top-5 {result['acc5']:.2f}%, measured once, on {len(data.test)} images)"
+                  if test else "none in this data: the val number above is the final one")
+    print(summary({
+        "data": data.train.description,
+        "model": f"{cfg.model} ({params / 1e6:.2f}M params)",
+        "epochs": f"{cfg.epochs} ({len(rows)} logged), {dist.world_size()} process(es) on {device.type}",
+        "time": f"{train_time:.0f} s this session",
+        "val top-1": f"{val_acc1:.2f}%  (top-5 {val_acc5:.2f}%; selected epoch {record['epoch']}, {weights} weights, "
+                     f"{len(data.val)} images)",
+        "test top-1": final_line,
+        "checkpoints": f"{out / 'last.pt'}, {out / 'best.pt'}",
+        "weights": f"{out / 'model.safetensors'} (the selected ones)",
+        "metrics": f"{log.jsonl}, {log.csv}, {out / 'result.json'}" + (f", {out / 'curves.png'}" if plotted else ""),
+    }))
     return result

@@ -1,58 +1,33 @@
-"""Evaluate and predict with a saved model: this project's checkpoints (training ``.pt`` or
-``.safetensors``), ``save_pretrained`` folders, or the authors' (give the model name; ImageNet preprocessing is assumed)."""
+"""Evaluate and predict with any model source :func:`vmamba.load` takes: a published tag
+(``vmamba_tiny_s1l8.in1k``), this project's checkpoints (training ``.pt`` or ``.safetensors``),
+``save_pretrained`` folders, the authors' files (give the model name) or a URL."""
 from __future__ import annotations
 
-import json
 import os
 
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from .. import create_model
-from ..checkpoint import load_checkpoint, model_from_config, read_checkpoint, stored_config
-from ..pretrained import from_pretrained
+from ..pretrained import Loaded, load
 from .datasets import DataError, build_dataset
 from .engine import collate_skipping, evaluate
 from .transforms import EvalTransform, normalize
 
 
+def load_source(source: str | os.PathLike, model: str | None = None, num_classes: int | None = None,
+                use_ema: bool | None = None) -> Loaded:
+    """:func:`vmamba.load` for inference (a zoo name means its published weights), in eval mode."""
+    loaded = load(source, model=model, num_classes=num_classes, use_ema=use_ema)
+    loaded.model.eval()
+    return loaded
+
+
 def load_for_inference(path: str | os.PathLike, model: str | None = None, num_classes: int | None = None,
                        use_ema: bool | None = None) -> tuple[nn.Module, list[str] | None, dict]:
-    """Rebuild a model from a checkpoint: returns (model in eval mode, class names or None, data config).
-
-    ``model`` names the architecture when the file stores no config (the authors' checkpoints);
-    ``use_ema=None`` takes the EMA weights of a training checkpoint when it has them.
-    """
-    if os.path.isdir(path):  # a folder from vmamba.save_pretrained: preprocessing from its pretrained_cfg
-        net = from_pretrained(path, **({"num_classes": num_classes} if num_classes else {}))
-        return net.eval(), net.pretrained_cfg.get("label_names"), _data_config(net)
-    contents, metadata = read_checkpoint(path)
-    config = stored_config(contents, metadata)
-    if model is not None or config is None:
-        if model is None:
-            raise DataError(f"{path} stores no model config: name the architecture with --model (see `vmamba models`)")
-        net = create_model(model, **({"num_classes": num_classes} if num_classes else {}))
-    else:
-        net = model_from_config(config, **({"num_classes": num_classes} if num_classes else {}))
-    ema = ("model_ema" in contents) if use_ema is None else use_ema
-    load_checkpoint(net, contents, use_ema=ema)
-    if "class_names" in metadata:
-        classes = json.loads(metadata["class_names"])
-        data_cfg = json.loads(metadata["data_config"])
-    else:
-        classes = contents.get("class_names")
-        data_cfg = contents.get("data_config")
-    if data_cfg is None:  # the authors' ImageNet checkpoints
-        data_cfg = _data_config(net)
-    return net.eval(), classes, dict(data_cfg)
-
-
-def _data_config(net: nn.Module) -> dict:
-    """The preprocessing a model's ``pretrained_cfg`` describes, as a training data config."""
-    pc = net.pretrained_cfg
-    return dict(img_size=pc["input_size"][-1], in_chans=net.in_chans, mean=list(pc["mean"]),
-                std=list(pc["std"]), crop_pct=pc["crop_pct"], interpolation=pc["interpolation"])
+    """(model in eval mode, class names or None, data config) of any source (see :func:`load_source`)."""
+    net, prep, _ = load_source(path, model=model, num_classes=num_classes, use_ema=use_ema)
+    return net, list(prep.label_names) if prep.label_names else None, prep.data_config()
 
 
 def evaluate_checkpoint(path: str | os.PathLike, data: str = "fashion-mnist", split: str = "val",
@@ -64,7 +39,9 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str = "fashion-mnist", sp
     The dataset's class folders are matched to the checkpoint's class names when it has them,
     otherwise they are taken in sorted order (as ImageNet's synset folders are).
     """
-    net, classes, dc = load_for_inference(path, model=model, use_ema=use_ema)
+    net, prep, weights = load_source(path, model=model, use_ema=use_ema)
+    classes = list(prep.label_names) if prep.label_names else None
+    dc = prep.data_config()
     size = img_size or dc["img_size"]
     transform = EvalTransform(size, dc["in_chans"], crop_pct or dc["crop_pct"], dc["interpolation"])
     ds = build_dataset(data, split, transform, strict_data)
@@ -85,7 +62,8 @@ def evaluate_checkpoint(path: str | os.PathLike, data: str = "fashion-mnist", sp
     names = classes or [str(i) for i in range(num_classes)]
     present = sorted(set(ds.targets))
     res["per_class"] = {names[i]: res["per_class"][i] for i in present}
-    res.update(img_size=size, data=getattr(ds, "description", data))
+    res.update(img_size=size, data=getattr(ds, "description", data),
+               reported=dict(weights.metrics, name=weights.name) if weights is not None else None)
     return res
 
 
@@ -95,7 +73,8 @@ def predict(path: str | os.PathLike, images: list[str | os.PathLike], topk: int 
     """Top-k (class name, probability) for each image file, best first."""
     from PIL import Image
 
-    net, classes, dc = load_for_inference(path, model=model, use_ema=use_ema)
+    net, prep, _ = load_source(path, model=model, use_ema=use_ema)
+    dc = prep.data_config()
     transform = EvalTransform(img_size or dc["img_size"], dc["in_chans"], dc["crop_pct"], dc["interpolation"])
     batch = []
     for f in images:
@@ -107,5 +86,4 @@ def predict(path: str | os.PathLike, images: list[str | os.PathLike], topk: int 
     dev = torch.device(device)
     probs = net.to(dev)(normalize(torch.stack(batch).to(dev), dc["mean"], dc["std"])).softmax(-1)
     p, idx = probs.topk(min(topk, probs.shape[1]), dim=1)
-    names = classes or [str(i) for i in range(probs.shape[1])]
-    return [[(names[j], float(q)) for q, j in zip(pr.tolist(), ix.tolist())] for pr, ix in zip(p, idx)]
+    return [[(prep.class_name(j), float(q)) for q, j in zip(pr.tolist(), ix.tolist())] for pr, ix in zip(p, idx)]

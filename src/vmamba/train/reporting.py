@@ -1,11 +1,12 @@
-"""What a run shows and writes: progress bar, metrics log (JSONL + CSV, TensorBoard when
+"""What a run writes: metrics log (JSONL + CSV, TensorBoard when
 installed), loss/accuracy curves as a PNG and a one-screen summary. Rank 0 only."""
 from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
+
+from ..utils import pyplot
 
 
 class MetricsLog:
@@ -66,40 +67,10 @@ class MetricsLog:
             self.tb.flush()
 
 
-def progress_bar(total: int, desc: str, enabled: bool):
-    """A tqdm bar (ETA included) or a silent stand-in when disabled or tqdm is missing."""
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-
-            return tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False, file=sys.stderr,
-                        mininterval=0.5)
-        except ImportError:
-            pass
-    return _NoBar()
-
-
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def set_postfix(self, *a, **k):
-        pass
-
-    def close(self):
-        pass
-
-
 def plot_curves(rows: list[dict], path: str | Path) -> bool:
     """Loss and accuracy per epoch as a PNG; False when matplotlib is missing or nothing to plot."""
-    if not rows:
-        return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if not rows or plt is None:
         return False
     ep = [r["epoch"] for r in rows]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -76,13 +77,46 @@ class EvalTransform:
         return _to_tensor(img, self.in_chans)
 
 
-def parse_randaugment(spec: str) -> tuple[int, float]:
-    """timm's 'rand-m9-n2-mstd0.5-inc1' -> (n ops, magnitude 0..10). mstd/inc are not used."""
-    m = re.search(r"-m(\d+(?:\.\d+)?)", spec)
-    n = re.search(r"-n(\d+)", spec)
-    if not spec.startswith("rand") or m is None:
-        raise ValueError(f"randaugment {spec!r}: expected a timm-style string like 'rand-m9-mstd0.5-inc1'")
-    return (int(n.group(1)) if n else 2), float(m.group(1))
+class RandAugmentSpec(NamedTuple):
+    """A parsed timm-style RandAugment string: ``n`` ops per image at magnitude ``m`` (0..10),
+    drawn per batch from N(m, mstd) clipped to 0..10 when ``mstd`` > 0."""
+
+    n: int
+    m: float
+    mstd: float
+
+
+RANDAUGMENT_OPS = 15  # kornia's default policy: the most ops one image can get
+
+
+def parse_randaugment(spec: str) -> RandAugmentSpec:
+    """timm's 'rand-m9-n2-mstd0.5-inc0' -> RandAugmentSpec(n=2, m=9.0, mstd=0.5).
+
+    Parts: ``m`` magnitude 0..10 (required), ``n`` ops per image (default 2), ``mstd`` magnitude
+    noise (default 0), ``inc0``. ``inc1`` (timm's increasing-severity variants of solarize and the
+    colour ops, in a random direction) has no counterpart in kornia's RandAugment and is refused,
+    as is any other part.
+    """
+    parts = spec.split("-")
+    if parts[0] != "rand":
+        raise ValueError("expected a timm-style string starting with 'rand-', like 'rand-m9-mstd0.5'")
+    found = {}
+    for part in parts[1:]:
+        match = re.fullmatch(r"(mstd|inc|m|n)(\d+(?:\.\d+)?)", part)
+        if match is None:
+            raise ValueError(f"unknown part {part!r}; expected m<magnitude>, n<ops>, mstd<std>, inc0")
+        found[match.group(1)] = float(match.group(2))
+    if "m" not in found or not 0 <= found["m"] <= 10:
+        raise ValueError("needs a magnitude m0..m10, e.g. 'rand-m9'")
+    n = found.get("n", 2)
+    if n != int(n) or not 1 <= n <= RANDAUGMENT_OPS:
+        raise ValueError(f"n (ops per image) must be an integer from 1 to {RANDAUGMENT_OPS}")
+    if found.get("inc", 0) not in (0, 1):
+        raise ValueError("inc must be 0 or 1")
+    if found.get("inc", 0) == 1:
+        raise ValueError("inc1 (timm's increasing-severity op variants) is not available with kornia's "
+                         "RandAugment; use inc0 (or leave it out)")
+    return RandAugmentSpec(int(n), found["m"], found.get("mstd", 0.0))
 
 
 class BatchAugment(nn.Module):
@@ -93,7 +127,7 @@ class BatchAugment(nn.Module):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-        self.photometric = self.erase = None
+        self.photometric = self.erase = self.randaugment = None
         if randaugment or color_jitter or reprob:
             try:
                 import kornia.augmentation as K
@@ -101,8 +135,8 @@ class BatchAugment(nn.Module):
             except ImportError as e:
                 raise ImportError("randaugment/color_jitter/reprob need kornia: pip install 'vmamba[train]'") from e
             if randaugment:
-                n, m = parse_randaugment(randaugment)
-                self.photometric = RandAugment(n=n, m=min(max(m * 3, 0.1), 29.9))  # kornia's m is 0..30
+                self.randaugment = parse_randaugment(randaugment)
+                self.photometric = RandAugment(n=self.randaugment.n, m=_kornia_magnitude(self.randaugment.m))
             elif color_jitter:
                 self.photometric = K.ColorJitter(color_jitter, color_jitter, color_jitter, p=1.0)
             if reprob:
@@ -111,6 +145,9 @@ class BatchAugment(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().div_(255)
+        if self.randaugment is not None and self.randaugment.mstd > 0:  # timm's magnitude noise, per batch
+            m = torch.normal(torch.tensor(self.randaugment.m), torch.tensor(self.randaugment.mstd)).item()
+            self.photometric.m = _kornia_magnitude(min(max(m, 0.0), 10.0))
         if self.photometric is not None:
             c = x.shape[1]
             x = self.photometric(x.expand(-1, 3, -1, -1) if c == 1 else x)[:, :c].clamp_(0, 1)
@@ -118,6 +155,11 @@ class BatchAugment(nn.Module):
         if self.erase is not None:
             x = self.erase(x)
         return x.contiguous()
+
+
+def _kornia_magnitude(m: float) -> float:
+    """timm's magnitude scale 0..10 on kornia's, which is 0..30 with both ends excluded."""
+    return min(max(m * 3, 0.1), 29.9)
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:

@@ -46,9 +46,12 @@ constexpr int W = 8;
 #else
 constexpr int W = 4;
 #endif
+#ifndef VMAMBA_MAXN
+#error "VMAMBA_MAXN (the largest d_state) is set by the build in vmamba/ops/scan_cpu.py (MAX_STATE)"
+#endif
 constexpr int T = 32;      // time steps per chunk (= interval of the saved states)
-constexpr int MAXN = 64;
-constexpr int SB = 4;      // channel blocks per work item (fixed: results do not depend on threads)   // largest state size of the generic (non-specialised) path
+constexpr int MAXN = VMAMBA_MAXN;  // largest state size (of the generic, non-specialised path)
+constexpr int SB = 4;      // channel blocks per work item (fixed: results do not depend on threads)
 
 typedef float vf __attribute__((vector_size(W * 4)));
 typedef int32_t vi __attribute__((vector_size(W * 4)));
@@ -97,7 +100,6 @@ static inline vf vexp2(vf t) {
 #endif
 }
 
-static inline vf vexp(vf x) { return vexp2(x * LOG2E); }
 
 // The decay 2^(dt * a) of the recurrence, the kernel's innermost operation (once per state element
 // and step). With AVX-512 it takes 8 instructions instead of vexp2's 10 uops: a magic-number add
@@ -130,9 +132,57 @@ static inline vf vexp2_mul(vf dt, vf a) {
   const __m512 tj = _mm512_permutex2var_ps(kExp2Table.lo, _mm512_castps_si512(s), kExp2Table.hi);
   return (vf)_mm512_scalef_ps(_mm512_mul_ps(p, tj), k);
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+// AVX2 + FMA: the same scheme with an 8-entry table (one vpermps reads it, indexed by the low 3 bits
+// of the magic-number sum), so x = dt * a is rounded to a multiple of 1/8, |r| <= 1/16 and a
+// degree-3 polynomial (relative error 2.7e-8) is enough. Without vscalefps, 2^k goes into the
+// exponent bits by an integer add: the sum s = magic + x holds 8k + j in its low mantissa bits, so
+// (bits(s) << 20) = (k << 23) + (j << 20), and the table entries are stored less j << 20. For that
+// add not to wrap, s is clamped to k in [-126, 127] first (x < -126: the clamped r makes the result
+// subnormal, flushed to 0 as the kernel runs with FTZ; x >= 128: the polynomial overflows to inf).
+// NaN propagates (the constant is the first operand of max/min). 13 instructions against the
+// generic path's 15, and a shorter dependency chain. Relative error <= 1.5e-7.
+struct Exp2Table {
+  __m256i t;
+  Exp2Table() {
+    alignas(32) int32_t v[8];
+    for (int j = 0; j < 8; ++j) {
+      const float e = static_cast<float>(std::exp2(j / 8.0));
+      std::memcpy(&v[j], &e, 4);
+      v[j] -= j << 20;
+    }
+    t = _mm256_load_si256(reinterpret_cast<const __m256i*>(v));
+  }
+};
+
+const Exp2Table kExp2Table;
+
+static inline vf vexp2_mul(vf dt, vf a) {
+  const __m256 magic = _mm256_set1_ps(1572864.0f);  // 1.5 * 2^20: its ulp is 1/8
+  const __m256 d = (__m256)dt, m = (__m256)a;
+  __m256 s = _mm256_fmadd_ps(d, m, magic);
+  s = _mm256_min_ps(_mm256_set1_ps(1572864.0f + 127.0f), _mm256_max_ps(_mm256_set1_ps(1572864.0f - 126.0f), s));
+  const __m256 k = _mm256_sub_ps(s, magic);
+  const __m256 r = _mm256_max_ps(_mm256_set1_ps(-0.0625f), _mm256_fmsub_ps(d, m, k));
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.0554962158203125f), r, _mm256_set1_ps(0.2402576208114624f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.6931472420692444f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i sb = _mm256_castps_si256(s);
+  const __m256i tj = _mm256_permutevar8x32_epi32(kExp2Table.t, sb);
+  const __m256 scale = _mm256_castsi256_ps(_mm256_add_epi32(tj, _mm256_slli_epi32(sb, 20)));
+  return (vf)_mm256_mul_ps(p, scale);
+}
 #else
 static inline vf vexp2_mul(vf dt, vf a) { return vexp2(dt * a); }
 #endif
+
+static inline vf vexp(vf x) {
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+  return vexp2_mul(x, vset(LOG2E));
+#else
+  return vexp2(x * LOG2E);
+#endif
+}
 
 // log(x) for x in [1, 2] (cephes logf polynomial).
 static inline vf vlog_1_2(vf x) {
@@ -158,10 +208,12 @@ static inline vf vlog_1_2(vf x) {
 
 static inline vf vneg_abs(vf x) { return x < 0.0f ? x : -x; }
 
-// 1 / v to 2^-14 relative error (exact division without AVX-512).
+// 1 / v to 2^-14 (AVX-512) or 1.5 * 2^-12 (AVX) relative error; exact division otherwise.
 static inline vf vrcp_approx(vf v) {
 #if defined(__AVX512F__)
   return (vf)_mm512_rcp14_ps((__m512)v);
+#elif defined(__AVX__)
+  return (vf)_mm256_rcp_ps((__m256)v);
 #else
   return 1.0f / v;
 #endif
@@ -177,10 +229,11 @@ static inline vf vsoftplus(vf x) {
   return vmax(x, vset(0.0f)) + lp;
 }
 
-// 1 / v: the approximate reciprocal refined by one Newton step (relative error ~1e-8, no division).
+// 1 / v: the approximate reciprocal refined by one Newton step (relative error ~1e-8 from rcp14,
+// ~1.4e-7 from the 12-bit AVX estimate; no division).
 static inline vf vrcp(vf v) {
   const vf r = vrcp_approx(v);
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX__)
   return r * (2.0f - v * r);
 #else
   return r;
@@ -426,8 +479,103 @@ static inline void load_lane_params(const Problem& P, int64_t sc0, int nl, vf* A
   }
 }
 
+// ---- the column-major directions of cross2d through a transposed copy
+//
+// Directions 1 and 3 of cross2d walk the H x Wd map column by column. Read in place, every step
+// touches one float of a different cache line per channel, and those lines are reused only one
+// whole column later: with a power-of-two row length (256 floats at 1024 px) the lines of a column
+// fall into a few cache sets, so L1 and L2 thrash. Instead the item's W channels of the map are
+// first copied into column-major order, T[c * H + r] = (the W lanes of pixel (r, c)), by reading
+// the map row by row (contiguous runs of W pixels per channel, W x W register transposes, the
+// rows of a cache line together); the scan then streams through that copy forwards (direction 1)
+// or backwards (direction 3), and the outputs go back the same way at the end.
+constexpr int RP = sizeof(vf) >= 64 ? 1 : static_cast<int>(64 / sizeof(vf));  // rows per pass: one line
+
+template <typename S>
+static void map_to_columns_t(vf* dst, const S* base, int64_t stride_c, int64_t stride_p, int64_t H, int64_t Wd,
+                             int nl) {
+  for (int64_t r0 = 0; r0 < H; r0 += RP) {
+    const int rows = static_cast<int>(std::min<int64_t>(RP, H - r0));
+    int64_t c = 0;
+    if (nl == W && stride_c == 1) {  // channels contiguous (channel-last map): one vector per pixel
+      for (; c < Wd; ++c)
+        for (int i = 0; i < rows; ++i) dst[c * H + r0 + i] = load_row(base + ((r0 + i) * Wd + c) * stride_p);
+      continue;
+    }
+    if (nl == W && stride_p == 1) {
+      for (; c + W <= Wd; c += W) {
+        for (int i = 0; i < rows; ++i) {
+          vf v[W];
+          for (int w = 0; w < W; ++w) v[w] = load_row(base + w * stride_c + (r0 + i) * Wd + c);
+          transpose(v);
+          for (int q = 0; q < W; ++q) dst[(c + q) * H + r0 + i] = v[q];
+        }
+      }
+    }
+    for (; c < Wd; ++c) {
+      for (int i = 0; i < rows; ++i) {
+        vf v = vf{};
+        for (int w = 0; w < nl; ++w) lanes(v)[w] = to_f(base[w * stride_c + ((r0 + i) * Wd + c) * stride_p]);
+        dst[c * H + r0 + i] = v;
+      }
+    }
+  }
+}
+
+static void map_to_columns(vf* dst, const void* base, int dtype, int64_t offset, int64_t stride_c, int64_t stride_p,
+                           int64_t H, int64_t Wd, int nl) {
+  switch (dtype) {
+    case 1: map_to_columns_t(dst, static_cast<const c10::BFloat16*>(base) + offset, stride_c, stride_p, H, Wd, nl); break;
+    case 2: map_to_columns_t(dst, static_cast<const c10::Half*>(base) + offset, stride_c, stride_p, H, Wd, nl); break;
+    default: map_to_columns_t(dst, static_cast<const float*>(base) + offset, stride_c, stride_p, H, Wd, nl);
+  }
+}
+
+// The inverse, into a contiguous fp32 map of the nl channels (channel stride stride_c):
+// out[w * stride_c + r * Wd + c] (+)= lanes(src[c * H + r])[w].
+static void columns_to_map(float* out, int64_t stride_c, const vf* src, int64_t H, int64_t Wd, int nl,
+                           bool accumulate) {
+  for (int64_t r0 = 0; r0 < H; r0 += RP) {
+    const int rows = static_cast<int>(std::min<int64_t>(RP, H - r0));
+    int64_t c = 0;
+    if (nl == W) {
+      for (; c + W <= Wd; c += W) {
+        for (int i = 0; i < rows; ++i) {
+          vf v[W];
+          for (int q = 0; q < W; ++q) v[q] = src[(c + q) * H + r0 + i];
+          transpose(v);
+          for (int w = 0; w < W; ++w) {
+            float* o = out + w * stride_c + (r0 + i) * Wd + c;
+            if (accumulate) {
+              vf prev;
+              std::memcpy(&prev, o, sizeof prev);
+              v[w] = v[w] + prev;
+            }
+            std::memcpy(o, &v[w], sizeof v[w]);
+          }
+        }
+      }
+    }
+    for (; c < Wd; ++c) {
+      for (int i = 0; i < rows; ++i) {
+        const float* l = lanes(src[c * H + r0 + i]);
+        for (int w = 0; w < nl; ++w) {
+          float& o = out[w * stride_c + (r0 + i) * Wd + c];
+          o = accumulate ? o + l[w] : l[w];
+        }
+      }
+    }
+  }
+}
+
+// Position in the column-major copy of scan step t of direction k (1: forwards, 3: backwards).
+static inline int64_t column_index(int k, int64_t t, int64_t L) { return k == 3 ? L - 1 - t : t; }
+
+// Does direction k of this problem go through the column-major copy?
+static inline bool by_columns(const Problem& P, int k) { return P.mode == 1 && (k & 1) && P.H > 1 && P.Wd > 1; }
+
 template <int NS>
-void forward_item(const Problem& P, int64_t b, int64_t g, int64_t blk) {
+void forward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vector<vf>& stage) {
   const int N = NS ? NS : static_cast<int>(P.N);
   const int64_t L = P.L, dg = P.Dch / P.G;
   const int64_t c0 = g * dg + blk * W;
@@ -437,10 +585,20 @@ void forward_item(const Problem& P, int64_t b, int64_t g, int64_t blk) {
   vf Av[NS ? NS : MAXN];
   vf h[NS ? NS : MAXN];
   const int64_t u_b = b * P.Dch * L;
+  vf *xc = nullptr, *dc = nullptr, *yc = nullptr;  // column-major copies of x, delta_k and y
+  if (by_columns(P, 1)) {
+    stage.resize(static_cast<size_t>(3 * L));
+    xc = stage.data();
+    dc = xc + L;
+    yc = dc + L;
+    map_to_columns(xc, P.u, P.dtype, b * P.su[0] + c0 * P.su[1], P.su[1], P.su[2], P.H, P.Wd, nl);
+  }
   for (int k = 0; k < P.K; ++k) {
     const int64_t sc0 = k * P.Dch + c0;  // first scan channel of the block
+    const bool cols = by_columns(P, k);
     vf Dl, bl, mask;
     load_lane_params(P, sc0, nl, Av, Dl, bl, mask);
+    if (cols) map_to_columns(dc, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], P.H, P.Wd, nl);
 #pragma GCC unroll 16
     for (int n = 0; n < N; ++n) h[n] = vf{};
     const float* Bk = P.Bt + ((b * P.K + k) * P.G + g) * L * N;
@@ -452,9 +610,17 @@ void forward_item(const Problem& P, int64_t b, int64_t g, int64_t blk) {
       if (st) {
         for (int n = 0; n < N; ++n) stream_row(st + (ci * N + n) * W, h[n]);
       }
-      for (int j = 0; j < tc; ++j) pidx[j] = pixel(P.mode, k, t0 + j, L, P.H, P.Wd);
-      load_tile(u_t, P.u, P.dtype, b * P.su[0] + c0 * P.su[1], P.su[1], P.su[2], pidx, tc, nl);
-      load_tile(dt_t, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], pidx, tc, nl);
+      if (cols) {
+        for (int j = 0; j < tc; ++j) {
+          const int64_t i = column_index(k, t0 + j, L);
+          u_t[j] = xc[i];
+          dt_t[j] = dc[i];
+        }
+      } else {
+        for (int j = 0; j < tc; ++j) pidx[j] = pixel(P.mode, k, t0 + j, L, P.H, P.Wd);
+        load_tile(u_t, P.u, P.dtype, b * P.su[0] + c0 * P.su[1], P.su[1], P.su[2], pidx, tc, nl);
+        load_tile(dt_t, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], pidx, tc, nl);
+      }
       step_tile(dt_t, nullptr, tc, bl, mask, P.softplus);
       const float* Bj = Bk + t0 * N;
       const float* Cj = Ck + t0 * N;
@@ -480,13 +646,21 @@ void forward_item(const Problem& P, int64_t b, int64_t g, int64_t blk) {
         load_tile(z_t, P.z, P.dtype, b * P.sz[0] + c0 * P.sz[1], P.sz[1], P.sz[2], pidx, tc, nl);
         for (int j = 0; j < tc; ++j) y_t[j] = y_t[j] * (z_t[j] * vsigmoid(z_t[j]));
       }
-      store_tile(P.y + u_b + c0 * L, L, pidx, y_t, tc, nl, P.cross);
+      if (cols) {  // direction 1 starts the column-major output, direction 3 adds to it
+        for (int j = 0; j < tc; ++j) {
+          const int64_t i = column_index(k, t0 + j, L);
+          yc[i] = k == 1 ? y_t[j] : yc[i] + y_t[j];
+        }
+      } else {
+        store_tile(P.y + u_b + c0 * L, L, pidx, y_t, tc, nl, P.cross);
+      }
     }
     if (P.last) {
       for (int w = 0; w < nl; ++w)
         for (int n = 0; n < N; ++n) P.last[(b * P.K * P.Dch + sc0 + w) * N + n] = lanes(h[n])[w];
     }
   }
+  if (yc) columns_to_map(P.y + u_b + c0 * L, L, yc, P.H, P.Wd, nl, true);
 }
 
 #if defined(__AVX512F__)
@@ -519,6 +693,10 @@ static inline vf tree4(vf a, vf b) {  // the 16 sums
 static inline float lane_sum(vf v) {
 #if defined(__AVX512F__)
   return _mm512_reduce_add_ps((__m512)v);
+#elif defined(__AVX__)
+  const __m128 a = _mm_add_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
+  const __m128 b = _mm_add_ps(a, _mm_movehl_ps(a, a));
+  return _mm_cvtss_f32(_mm_add_ss(b, _mm_movehdup_ps(b)));
 #else
   float s = 0.0f;
   for (int w = 0; w < W; ++w) s += lanes(v)[w];
@@ -550,6 +728,20 @@ static inline void tree_store(const vf* c, float* out, bool acc) {
 }
 #endif
 
+#if defined(__AVX__) && !defined(__AVX512F__)
+// The 8 lane sums of 8 vectors at once, (sum of v[0], ..., sum of v[7]): three levels of
+// horizontal adds and one 128-bit swap, 9 instructions instead of 8 x 7 scalar adds.
+static inline vf hsum8(const vf* v) {
+  const __m256 t0 = _mm256_hadd_ps((__m256)v[0], (__m256)v[1]);
+  const __m256 t1 = _mm256_hadd_ps((__m256)v[2], (__m256)v[3]);
+  const __m256 t2 = _mm256_hadd_ps((__m256)v[4], (__m256)v[5]);
+  const __m256 t3 = _mm256_hadd_ps((__m256)v[6], (__m256)v[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1);  // lanes 0-3: halves 0-3 of v[0..3]; 4-7: halves 4-7
+  const __m256 u1 = _mm256_hadd_ps(t2, t3);
+  return (vf)_mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+#endif
+
 // One step's row of dB or dC: out[n] (+)= sum over the lanes (channels) of x[n] * s, n < N.
 template <int NS>
 static inline void lane_dot(const vf* x, vf s, float* out, int N, bool acc) {
@@ -559,6 +751,26 @@ static inline void lane_dot(const vf* x, vf s, float* out, int N, bool acc) {
     halves(s, s_lo, s_hi);
     for (int i = 0; i < 4; ++i) c[i] = quad_dot(x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3], s_lo, s_hi);
     tree_store(c, out, acc);
+    return;
+  }
+#elif defined(__AVX__)
+  if constexpr (W == 8) {
+    int n0 = 0;
+    for (; n0 + 8 <= N; n0 += 8) {
+      vf p[8];
+      for (int i = 0; i < 8; ++i) p[i] = x[n0 + i] * s;
+      vf r = hsum8(p);
+      if (acc) {
+        vf o;
+        std::memcpy(&o, out + n0, sizeof o);
+        r = r + o;
+      }
+      std::memcpy(out + n0, &r, sizeof r);
+    }
+    for (int n = n0; n < N; ++n) {
+      const float v = lane_sum(x[n] * s);
+      out[n] = acc ? out[n] + v : v;
+    }
     return;
   }
 #endif
@@ -574,7 +786,8 @@ static inline void lane_dot(const vf* x, vf s, float* out, int N, bool acc) {
 //   2. the adjoint recurrence backwards through the chunk: du, d delta, the dB row of each step,
 //      and the dA / dD / d delta_bias accumulators.
 template <int NS>
-void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vector<vf>& buf) {
+void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vector<vf>& buf,
+                   std::vector<vf>& stage) {
   const int N = NS ? NS : static_cast<int>(P.N);
   const int64_t L = P.L, dg = P.Dch / P.G;
   const int64_t c0 = g * dg + blk * W;
@@ -587,10 +800,23 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
   vf* hps = as + T * N;         // [T][N] state entering step j
   vf* dA_acc = hps + T * N;     // [N] running sum of dA over the chunks
   const int64_t u_b = b * P.Dch * L;
+  // column-major copies of x, dy, delta_k (overwritten by d delta_k) and du
+  vf *xc = nullptr, *dyc = nullptr, *dc = nullptr, *duc = nullptr;
+  if (by_columns(P, 1)) {
+    stage.resize(static_cast<size_t>(4 * L));
+    xc = stage.data();
+    dyc = xc + L;
+    dc = dyc + L;
+    duc = dc + L;
+    map_to_columns(xc, P.u, P.dtype, b * P.su[0] + c0 * P.su[1], P.su[1], P.su[2], P.H, P.Wd, nl);
+    map_to_columns(dyc, P.dout, 0, u_b + c0 * L, L, 1, P.H, P.Wd, nl);
+  }
   for (int k = 0; k < P.K; ++k) {
     const int64_t sc0 = k * P.Dch + c0;
+    const bool cols = by_columns(P, k);
     vf Dl, bl, mask;
     load_lane_params(P, sc0, nl, Av, Dl, bl, mask);
+    if (cols) map_to_columns(dc, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], P.H, P.Wd, nl);
     for (int n = 0; n < N; ++n) {
       dh[n] = vf{};
       dA_acc[n] = vf{};
@@ -612,10 +838,19 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
       const int64_t t0 = ci * T;
       const int tc = static_cast<int>(std::min<int64_t>(T, L - t0));
       std::memcpy(h0, st + ci * N * W, sizeof(vf) * N);
-      for (int j = 0; j < tc; ++j) pidx[j] = pixel(P.mode, k, t0 + j, L, P.H, P.Wd);
-      load_tile(u_t, P.u, P.dtype, b * P.su[0] + c0 * P.su[1], P.su[1], P.su[2], pidx, tc, nl);
-      load_tile(dt_t, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], pidx, tc, nl);
-      load_tile(dy_t, P.dout, 0, u_b + c0 * L, L, 1, pidx, tc, nl);
+      if (cols) {
+        for (int j = 0; j < tc; ++j) {
+          const int64_t i = column_index(k, t0 + j, L);
+          u_t[j] = xc[i];
+          dt_t[j] = dc[i];
+          dy_t[j] = dyc[i];
+        }
+      } else {
+        for (int j = 0; j < tc; ++j) pidx[j] = pixel(P.mode, k, t0 + j, L, P.H, P.Wd);
+        load_tile(u_t, P.u, P.dtype, b * P.su[0] + c0 * P.su[1], P.su[1], P.su[2], pidx, tc, nl);
+        load_tile(dt_t, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], pidx, tc, nl);
+        load_tile(dy_t, P.dout, 0, u_b + c0 * L, L, 1, pidx, tc, nl);
+      }
       step_tile(dt_t, sg_t, tc, bl, mask, P.softplus);
       if (P.has_z) {  // dy := gradient of the output before the gate y * silu(z)
         load_tile(z_t, P.z, P.dtype, b * P.sz[0] + c0 * P.sz[1], P.sz[1], P.sz[2], pidx, tc, nl);
@@ -701,10 +936,19 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
         dd_t[j] = ddt;
         db_acc = db_acc + ddt;
       }
-      store_tile(P.du + u_b + c0 * L, L, pidx, du_t, tc, nl, P.cross);
-      store_tile(P.ddelta + d_b, L, pidx, dd_t, tc, nl, false);
-      if (P.has_z) store_tile(P.dz + u_b + c0 * L, L, pidx, dz_t, tc, nl, false);
+      if (cols) {  // du: direction 1 starts the column-major sum, direction 3 adds to it
+        for (int j = 0; j < tc; ++j) {
+          const int64_t i = column_index(k, t0 + j, L);
+          duc[i] = k == 1 ? du_t[j] : duc[i] + du_t[j];
+          dc[i] = dd_t[j];
+        }
+      } else {
+        store_tile(P.du + u_b + c0 * L, L, pidx, du_t, tc, nl, P.cross);
+        store_tile(P.ddelta + d_b, L, pidx, dd_t, tc, nl, false);
+        if (P.has_z) store_tile(P.dz + u_b + c0 * L, L, pidx, dz_t, tc, nl, false);
+      }
     }
+    if (cols) columns_to_map(P.ddelta + d_b, L, dc, P.H, P.Wd, nl, false);
     for (int w = 0; w < nl; ++w) {
       const int64_t c = b * P.K * P.Dch + sc0 + w;
       for (int n = 0; n < N; ++n) P.dAp[c * N + n] = lanes(dA_acc[n])[w];
@@ -712,6 +956,7 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
       P.dbiasp[c] = lanes(db_acc)[w];
     }
   }
+  if (duc) columns_to_map(P.du + u_b + c0 * L, L, duc, P.H, P.Wd, nl, true);
 }
 
 // What every kernel thread sets up around its work. Subnormal floats (below 1.2e-38) cost a
@@ -735,16 +980,17 @@ void run_forward(const Problem& P) {
   const int64_t items = P.batch * P.G * P.nsb;
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     const KernelThreadScope scope;
+    std::vector<vf> stage;
     for (int64_t bi = begin * SB; bi < end * SB; ++bi) {
       const int64_t sbi = bi / SB, b = sbi / (P.G * P.nsb), g = (sbi / P.nsb) % P.G, blk = (sbi % P.nsb) * SB + bi % SB;
       if (blk >= P.nblk) continue;
       switch (P.N) {
-        case 1: forward_item<1>(P, b, g, blk); break;
-        case 2: forward_item<2>(P, b, g, blk); break;
-        case 4: forward_item<4>(P, b, g, blk); break;
-        case 8: forward_item<8>(P, b, g, blk); break;
-        case 16: forward_item<16>(P, b, g, blk); break;
-        default: forward_item<0>(P, b, g, blk);
+        case 1: forward_item<1>(P, b, g, blk, stage); break;
+        case 2: forward_item<2>(P, b, g, blk, stage); break;
+        case 4: forward_item<4>(P, b, g, blk, stage); break;
+        case 8: forward_item<8>(P, b, g, blk, stage); break;
+        case 16: forward_item<16>(P, b, g, blk, stage); break;
+        default: forward_item<0>(P, b, g, blk, stage);
       }
     }
   });
@@ -754,17 +1000,17 @@ void run_backward(const Problem& P) {
   const int64_t items = P.batch * P.G * P.nsb;
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     const KernelThreadScope scope;
-    std::vector<vf> buf;
+    std::vector<vf> buf, stage;
     for (int64_t bi = begin * SB; bi < end * SB; ++bi) {  // the blocks of super-blocks [begin, end), in order
       const int64_t sbi = bi / SB, b = sbi / (P.G * P.nsb), g = (sbi / P.nsb) % P.G, blk = (sbi % P.nsb) * SB + bi % SB;
       if (blk >= P.nblk) continue;
       switch (P.N) {
-        case 1: backward_item<1>(P, b, g, blk, buf); break;
-        case 2: backward_item<2>(P, b, g, blk, buf); break;
-        case 4: backward_item<4>(P, b, g, blk, buf); break;
-        case 8: backward_item<8>(P, b, g, blk, buf); break;
-        case 16: backward_item<16>(P, b, g, blk, buf); break;
-        default: backward_item<0>(P, b, g, blk, buf);
+        case 1: backward_item<1>(P, b, g, blk, buf, stage); break;
+        case 2: backward_item<2>(P, b, g, blk, buf, stage); break;
+        case 4: backward_item<4>(P, b, g, blk, buf, stage); break;
+        case 8: backward_item<8>(P, b, g, blk, buf, stage); break;
+        case 16: backward_item<16>(P, b, g, blk, buf, stage); break;
+        default: backward_item<0>(P, b, g, blk, buf, stage);
       }
     }
   });
@@ -919,6 +1165,7 @@ std::vector<at::Tensor> backward(const at::Tensor& dout, const c10::optional<at:
 
 int64_t lanes_per_vector() { return W; }
 int64_t chunk_steps() { return T; }
+int64_t max_state() { return MAXN; }
 bool built_with_openmp() {
 #ifdef _OPENMP
   return true;
@@ -936,5 +1183,6 @@ TORCH_LIBRARY(vmamba_cpu_kernel, m) {
   m.def("backward", &backward);
   m.def("lanes", &lanes_per_vector);
   m.def("chunk", &chunk_steps);
+  m.def("max_state", &max_state);
   m.def("openmp", &built_with_openmp);
 }

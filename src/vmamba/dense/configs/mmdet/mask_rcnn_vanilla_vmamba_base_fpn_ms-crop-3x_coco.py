@@ -6,8 +6,9 @@
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'
 custom_imports = dict(imports=['vmamba.mmdet'], allow_failed_imports=False)
 
-# The authors' ImageNet-1K checkpoint (or one of this project); use_ema=True takes its EMA weights.
-pretrained = 'checkpoints/vssmbase_dp06_ckpt_epoch_241.pth'
+# The authors' ImageNet-1K weights (vssmbase_dp06_ckpt_epoch_241.pth, top-1 83.7%): a published tag,
+# downloaded once into torch hub's cache and loaded strictly (or a file: this project's or theirs).
+pretrained = 'vmamba://vanilla_vmamba_base.in1k_ema'
 model = dict(
     backbone=dict(
         _delete_=True, type='vanilla_vmamba_base', out_indices=(0, 1, 2, 3), drop_path_rate=0.2,

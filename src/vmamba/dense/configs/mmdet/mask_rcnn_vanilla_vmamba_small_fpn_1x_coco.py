@@ -6,8 +6,11 @@
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 custom_imports = dict(imports=['vmamba.mmdet'], allow_failed_imports=False)
 
-# The authors' ImageNet-1K checkpoint (or one of this project); use_ema=True takes its EMA weights.
-pretrained = 'checkpoints/vssmsmall_dp03_ckpt_epoch_238.pth'
+# The authors' ImageNet-1K weights (vssmsmall_dp03_ckpt_epoch_238.pth, top-1 83.5%): a published tag,
+# downloaded once into torch hub's cache and loaded strictly (or a file: this project's or theirs).
+pretrained = 'vmamba://vanilla_vmamba_small.in1k_ema'
+# The authors' trained model of this config (box_ap 48.2, mask_ap 43.0): to test or fine-tune it, set
+# load_from = 'vmamba://vanilla_vmamba_small.coco_mask_rcnn_1x'  (or its URL / a downloaded file)
 model = dict(
     backbone=dict(
         _delete_=True, type='vanilla_vmamba_small', out_indices=(0, 1, 2, 3), drop_path_rate=0.2,

@@ -6,8 +6,9 @@
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'
 custom_imports = dict(imports=['vmamba.mmdet'], allow_failed_imports=False)
 
-# The authors' ImageNet-1K checkpoint (or one of this project); use_ema=True takes its EMA weights.
-pretrained = 'checkpoints/vssm_base_0229_ckpt_epoch_237.pth'
+# The authors' ImageNet-1K weights (vssm_base_0229_ckpt_epoch_237.pth, top-1 83.9%): a published tag,
+# downloaded once into torch hub's cache and loaded strictly (or a file: this project's or theirs).
+pretrained = 'vmamba://vmamba_base_s2l15.in1k'
 model = dict(
     backbone=dict(
         _delete_=True, type='vmamba_base_s2l15', out_indices=(0, 1, 2, 3), drop_path_rate=0.6,

@@ -6,8 +6,11 @@
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 custom_imports = dict(imports=['vmamba.mmdet'], allow_failed_imports=False)
 
-# The authors' ImageNet-1K checkpoint (or one of this project); use_ema=True takes its EMA weights.
-pretrained = 'checkpoints/vssm_tiny_0230_ckpt_epoch_262.pth'
+# The authors' ImageNet-1K weights (vssm_tiny_0230_ckpt_epoch_262.pth, top-1 82.5%): a published tag,
+# downloaded once into torch hub's cache and loaded strictly (or a file: this project's or theirs).
+pretrained = 'vmamba://vmamba_tiny_s2l5.in1k'
+# The authors' trained model of this config (box_ap 47.4, mask_ap 42.7): to test or fine-tune it, set
+# load_from = 'vmamba://vmamba_tiny_s2l5.coco_mask_rcnn_1x'  (or its URL / a downloaded file)
 model = dict(
     backbone=dict(
         _delete_=True, type='vmamba_tiny_s2l5', out_indices=(0, 1, 2, 3), drop_path_rate=0.2,

@@ -6,8 +6,11 @@
 _base_ = 'mmseg::swin/swin-base-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
 custom_imports = dict(imports=['vmamba.mmseg'], allow_failed_imports=False)
 
-# The authors' ImageNet-1K checkpoint (or one of this project); use_ema=True takes its EMA weights.
-pretrained = 'checkpoints/vssmbase_dp06_ckpt_epoch_241.pth'
+# The authors' ImageNet-1K weights (vssmbase_dp06_ckpt_epoch_241.pth, top-1 83.7%): a published tag,
+# downloaded once into torch hub's cache and loaded strictly (or a file: this project's or theirs).
+pretrained = 'vmamba://vanilla_vmamba_base.in1k_ema'
+# The authors' trained model of this config (miou_ss 50.0, miou_ms 51.3): to test or fine-tune it, set
+# load_from = 'vmamba://vanilla_vmamba_base.ade20k_upernet'  (or its URL / a downloaded file)
 model = dict(
     backbone=dict(
         _delete_=True, type='vanilla_vmamba_base', out_indices=(0, 1, 2, 3), drop_path_rate=0.3,

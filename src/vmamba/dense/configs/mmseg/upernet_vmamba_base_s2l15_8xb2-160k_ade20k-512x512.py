@@ -6,8 +6,11 @@
 _base_ = 'mmseg::swin/swin-base-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
 custom_imports = dict(imports=['vmamba.mmseg'], allow_failed_imports=False)
 
-# The authors' ImageNet-1K checkpoint (or one of this project); use_ema=True takes its EMA weights.
-pretrained = 'checkpoints/vssm_base_0229_ckpt_epoch_237.pth'
+# The authors' ImageNet-1K weights (vssm_base_0229_ckpt_epoch_237.pth, top-1 83.9%): a published tag,
+# downloaded once into torch hub's cache and loaded strictly (or a file: this project's or theirs).
+pretrained = 'vmamba://vmamba_base_s2l15.in1k'
+# The authors' trained model of this config (miou_ss 51.0, miou_ms 51.6): to test or fine-tune it, set
+# load_from = 'vmamba://vmamba_base_s2l15.ade20k_upernet'  (or its URL / a downloaded file)
 model = dict(
     backbone=dict(
         _delete_=True, type='vmamba_base_s2l15', out_indices=(0, 1, 2, 3), drop_path_rate=0.6,

@@ -6,8 +6,11 @@
 _base_ = 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
 custom_imports = dict(imports=['vmamba.mmseg'], allow_failed_imports=False)
 
-# The authors' ImageNet-1K checkpoint (or one of this project); use_ema=True takes its EMA weights.
-pretrained = 'checkpoints/vssm_tiny_0230_ckpt_epoch_262.pth'
+# The authors' ImageNet-1K weights (vssm_tiny_0230_ckpt_epoch_262.pth, top-1 82.5%): a published tag,
+# downloaded once into torch hub's cache and loaded strictly (or a file: this project's or theirs).
+pretrained = 'vmamba://vmamba_tiny_s2l5.in1k'
+# The authors' trained model of this config (miou_ss 48.3, miou_ms 48.6): to test or fine-tune it, set
+# load_from = 'vmamba://vmamba_tiny_s2l5.ade20k_upernet'  (or its URL / a downloaded file)
 model = dict(
     backbone=dict(
         _delete_=True, type='vmamba_tiny_s2l5', out_indices=(0, 1, 2, 3), drop_path_rate=0.2,

@@ -1,8 +1,12 @@
-"""Autograd glue shared by the kernel backends (``cpu``, ``triton``).
+"""What the kernel backends (``cpu``, ``triton``) share, so that each holds only its kernels.
 
-Each kernel backend registers a forward custom op that returns its chunk-boundary states as
-the last output (empty when no gradient is needed) and a backward custom op that recomputes
-from them. The rules tying the two together are the same for every backend and live here.
+A kernel backend registers, with ``torch.library``, a forward custom op that returns its
+chunk-boundary states as the last output (empty when no gradient is needed) and a backward
+custom op that recomputes from them; the rules tying the two together live here
+(:func:`register_scan_autograd`, :func:`register_cross_autograd`), with the FLOP formulas of
+such ops, the kernels' scan-mode ids and the small argument conversions every wrapper makes.
+A backend module needs this module and :mod:`vmamba.ops.backends` (to register), nothing else
+of ``vmamba.ops``: the public op only ever hands it inputs inside its declared contract.
 """
 from __future__ import annotations
 
@@ -10,6 +14,53 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+from .cross_scan import SCAN_MODES, check_scan_mode, scan_order
+from .scan_common import scan_flops
+
+__all__ = [
+    "MODE_IDS", "SCAN_MODES", "check_scan_mode", "scan_order", "f32", "pixel_map", "kernel_output",
+    "needs_grad", "cast_grad", "register_scan_autograd", "register_cross_autograd",
+    "scan_op_flops", "cross_scan_op_flops",
+]
+
+# The kernels' id of each scan mode of a fused four-direction op (0: a plain scan).
+MODE_IDS = {"cross2d": 1, "unidi": 2, "bidi": 3}
+
+
+def f32(t: Optional[Tensor]) -> Optional[Tensor]:
+    """``t`` as a contiguous fp32 tensor (None stays None)."""
+    return None if t is None else t.float().contiguous()
+
+
+def pixel_map(t: Tensor) -> Tensor:
+    """A map (..., H, W) whose (H, W) dims flatten to one pixel stride: ``t`` itself when they
+    already do (any other strides, e.g. channel-last maps, are read in place), else a copy."""
+    h, w = t.shape[-2:]
+    return t if h == 1 or t.stride(-2) == w * t.stride(-1) else t.contiguous()
+
+
+def kernel_output(y: Tensor, last: Tensor, u: Tensor, out_float: bool, return_last_state: bool):
+    """The public op's return value from a kernel's fp32 ``y`` and last state: y in u's dtype
+    unless ``out_float``, with the last state when ``return_last_state``."""
+    if not out_float:
+        y = y.to(u.dtype)
+    return (y, last) if return_last_state else y
+
+
+# FLOP formulas of the kernels' custom ops for torch.utils.flop_counter, which counts 2 per
+# multiply-add: the authors' count doubled to that unit.
+def scan_op_flops(u_shape, delta_shape, A_shape, *args, **kwargs) -> int:
+    """FLOPs of a selective-scan op called on u (B, D, L) and A (D, N)."""
+    return 2 * scan_flops(u_shape[0], u_shape[1], u_shape[2], A_shape[1])
+
+
+def cross_scan_op_flops(x_shape, delta_shape, A_shape, *args, **kwargs) -> int:
+    """FLOPs of a fused four-direction scan op called on x (B, D, H, W) and A (4*D, N)."""
+    return 2 * scan_flops(x_shape[0], A_shape[0], x_shape[2] * x_shape[3], A_shape[1])
+
+
+# ----------------------------------------------------------------------------- autograd glue
 
 SCAN_TENSOR_INPUTS = 8   # u, delta, A, B, C, D, delta_bias, z
 CROSS_TENSOR_INPUTS = 7  # x, delta, A, B, C, D, delta_bias

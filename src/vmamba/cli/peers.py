@@ -1,0 +1,115 @@
+"""``vmamba peers``: whole-model CPU speed and memory of the zoo against timm backbones, as ratios."""
+from __future__ import annotations
+
+import os
+import sys
+
+from . import UsageError
+
+QUICK = dict(sizes=[224], batch=[1], rounds=3)
+DEFAULTS = dict(sizes=[224, 512, 1024], batch=[1, 8], threads=[1, 2], rounds=5)
+
+
+def add_parser(sub) -> None:
+    from ..analysis.peers import DEFAULT_ZOO, PEERS
+
+    p = sub.add_parser(
+        "peers", help="CPU img/s and peak memory of zoo models as ratios to timm's Swin-T, ConvNeXt-T, DeiT-S, ResNet-50",
+        description="Runs zoo models and timm peers in one process, in interleaved rounds (median), for every "
+                    "input size x batch x thread count x step kind, and prints each model's img/s and peak memory "
+                    "as ratios to each peer of the same run, with the CPU model, its ISA and the scan kernel build. "
+                    "A full default run takes about an hour on 2 cores; --quick takes a few minutes.")
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_ZOO), metavar="MODEL",
+                   help=f"zoo models (default: {' '.join(DEFAULT_ZOO)}; `vmamba models` lists them)")
+    p.add_argument("--peers", nargs="*", default=list(PEERS), metavar="PEER",
+                   help=f"timm peers: {', '.join(PEERS)} or any timm model name (default: all four; "
+                        "--peers with no names: none)")
+    p.add_argument("--sizes", type=int, nargs="+", metavar="PX",
+                   help=f"square input sizes (default: {' '.join(map(str, DEFAULTS['sizes']))})")
+    p.add_argument("--batch", type=int, nargs="+", metavar="N",
+                   help=f"batch sizes (default: {' '.join(map(str, DEFAULTS['batch']))})")
+    p.add_argument("--threads", type=int, nargs="+", metavar="N",
+                   help="torch thread counts (default: 1 2, capped at the CPUs available)")
+    p.add_argument("--modes", nargs="+", choices=["infer", "train"], default=["infer", "train"],
+                   help="inference and/or training step (forward, cross-entropy, backward, AdamW step)")
+    p.add_argument("--rounds", type=int, help=f"timed rounds per configuration (default {DEFAULTS['rounds']})")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per model before the rounds (default 1)")
+    p.add_argument("--max-pixels", type=int, default=1024 * 1024, metavar="N",
+                   help="skip configurations whose batch x height x width exceeds N (default 1048576: batch 8 "
+                        "runs at 224 only); 0: no limit")
+    p.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="skip the peak-memory probes (one fresh process per model, size, batch and step kind)")
+    p.add_argument("--quick", action="store_true",
+                   help="224 px, batch 1, 3 rounds (flags given explicitly still apply)")
+    p.add_argument("--preload", metavar="FILE",
+                   help="a Python file executed before timm is imported (a fix-up an installation needs)")
+    p.add_argument("--json", metavar="FILE", help="write machine, settings, results, ratios and exponents as JSON")
+    p.add_argument("--csv", metavar="FILE", help="write one row per model and configuration as CSV")
+    p.set_defaults(func=run)
+
+
+def resolve(args) -> dict:
+    """The run's settings from the parsed arguments (--quick and defaults filled in), validated."""
+    base = dict(DEFAULTS, **(QUICK if args.quick else {}))
+    cpus = _cpus()
+    settings = dict(
+        sizes=args.sizes or base["sizes"],
+        batches=args.batch or base["batch"],
+        threads=args.threads or sorted({min(t, cpus) for t in base["threads"]}),
+        rounds=args.rounds if args.rounds is not None else base["rounds"],
+    )
+    if min(settings["sizes"]) < 32:
+        raise UsageError(f"--sizes {min(settings['sizes'])}: sizes must be at least 32 pixels")
+    if min(settings["batches"]) < 1:
+        raise UsageError(f"--batch {min(settings['batches'])}: batch sizes must be at least 1")
+    if min(settings["threads"]) < 1:
+        raise UsageError(f"--threads {min(settings['threads'])}: thread counts must be at least 1")
+    if settings["rounds"] < 1:
+        raise UsageError(f"--rounds {settings['rounds']}: at least 1 round")
+    if args.warmup < 0:
+        raise UsageError(f"--warmup {args.warmup}: must be 0 or more")
+    if args.max_pixels < 0:
+        raise UsageError(f"--max-pixels {args.max_pixels}: must be 0 (no limit) or more")
+    if args.preload and not os.path.isfile(args.preload):
+        raise UsageError(f"--preload {args.preload}: no such file")
+    from ..models import is_model, list_models
+
+    unknown = [m for m in args.models if not is_model(m)]
+    if unknown:
+        raise UsageError(f"--models {' '.join(unknown)}: not zoo models; choose from {', '.join(list_models())} "
+                         f"(timm models go in --peers)")
+    if not args.models and not args.peers:
+        raise UsageError("nothing to measure: give --models and/or --peers")
+    return settings
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def run(args) -> int:
+    from ..analysis.peers import format_report, run_peers, write_csv, write_json
+
+    settings = resolve(args)
+    over = [t for t in settings["threads"] if t > _cpus()]
+    if over:
+        print(f"warning: --threads {' '.join(map(str, over))} exceeds the {_cpus()} CPUs available", file=sys.stderr)
+    def save(partial) -> None:  # after every configuration, so an interrupted run keeps what it measured
+        if args.json:
+            write_json(partial, args.json)
+        if args.csv:
+            write_csv(partial, args.csv)
+
+    run_ = run_peers(zoo=args.models, peers=args.peers, sizes=settings["sizes"], batches=settings["batches"],
+                     threads=settings["threads"], modes=args.modes, rounds=settings["rounds"], warmup=args.warmup,
+                     memory=args.memory, max_pixels=args.max_pixels, preload=args.preload,
+                     log=lambda text: print(text, file=sys.stderr, flush=True), on_progress=save)
+    print(format_report(run_), end="")
+    save(run_)
+    for path in (args.json, args.csv):
+        if path:
+            print(f"wrote {path}")
+    return 0
