@@ -125,7 +125,7 @@ def test_study_runs_reports_skips_and_resumes(tmp_path, cache, monkeypatch, caps
 
     # a run cut before it finished resumes from its last.pt
     cut = Path(doc["runs"][1]["run_dir"])
-    (cut / "result.json").unlink()
+    (cut / "study.json").unlink()
     run_study(_tiny_plan(), out=out, runs=runs, threads=1)
     log = capsys.readouterr().out
     assert "a seed 1: resuming" in log and "resumed from" in log

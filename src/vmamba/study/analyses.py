@@ -1,5 +1,5 @@
 """Analyses of a trained run: FLOPs, effective receptive field (trained and at initialisation),
-accuracy at larger input sizes. Each returns plain numbers for ``result.json``; ERF maps are
+accuracy at larger input sizes. Each returns plain numbers for the run's ``study.json``; ERF maps are
 also saved as ``.npy`` next to the run for the report's plots."""
 from __future__ import annotations
 
@@ -69,14 +69,16 @@ def load_trained(run_dir: Path, cfg: TrainConfig) -> torch.nn.Module:
 
 
 def val_loader(cfg: TrainConfig, size: int, batch_size: int = 200):
-    """The validation images at ``size``, prepared as the run's evaluation does."""
+    """The test images (else the validation images) at ``size``, prepared as the run's evaluation does."""
     from torch.utils.data import DataLoader
 
-    from ..train.datasets import build_dataset
+    from ..train.datasets import build_dataset, has_test
     from ..train.engine import collate_skipping
     from ..train.transforms import EvalTransform
 
-    ds = build_dataset(cfg.data, "val", EvalTransform(size, cfg.in_chans, cfg.crop_pct, cfg.interpolation))
+    split = "test" if has_test(cfg.data) else "val"
+    ds = build_dataset(cfg.data, split, EvalTransform(size, cfg.in_chans, cfg.crop_pct, cfg.interpolation),
+                       val_fraction=cfg.val_fraction)
     return DataLoader(ds, batch_size, shuffle=False, collate_fn=collate_skipping)
 
 
