@@ -126,7 +126,7 @@ def run_plan(plan: Plan, runs_root: str | os.PathLike, threads: int = 0, device:
             options.update(model=str(export_pretrained(src_dir)), model_args={})
             extra = src_dir.parent.name
         preset = options.pop("preset", "default")
-        cfg = make_config(preset, **options, seed=seed, threads=threads, device=device, out="")
+        cfg = make_config(preset, **options, seed=seed, threads=threads, device=device, out=str(runs_root))
         run_dir = runs_root / run_key(label, cfg.to_dict(), extra) / f"seed{seed}"
         run_dirs[(label, seed)] = run_dir
         remaining = [lab for lab, _ in order[i - 1:]]
