@@ -68,12 +68,22 @@ def test_cross_ratio_separates_a_cross_from_a_blob():
     cross = blob + np.exp(-yy ** 2 / 2.0) + np.exp(-xx ** 2 / 2.0)
     assert cross_ratio(blob) == pytest.approx(1.0, abs=0.15)
     assert cross_ratio(cross) > 2
+    local = np.zeros((64, 64))
+    local[30:35, 30:35] = 1
+    assert np.isnan(cross_ratio(local))  # no mass on the ring: undefined, left out of means
+
+
+def test_erf_size_has_a_centre_cell():
+    from vmamba.study.analyses import erf_size
+
+    assert erf_size(32) == 160 and erf_size(224) == 928 and erf_size(8) == 32
 
 
 def test_mean_std():
     assert mean_std([1.0, 2.0, 3.0]) == dict(mean=2.0, std=1.0, n=3)
     assert mean_std([5.0, None]) == dict(mean=5.0, std=0.0, n=1)
     assert mean_std([])["mean"] is None
+    assert mean_std([2.0, float("nan"), 4.0])["mean"] == 3.0
 
 
 def _tiny_plan(analyses=("flops", "erf", "erf_init", "resolution")) -> Plan:
@@ -115,7 +125,7 @@ def test_study_runs_reports_skips_and_resumes(tmp_path, cache, monkeypatch, caps
 
     # a run cut before it finished resumes from its last.pt
     cut = Path(doc["runs"][1]["run_dir"])
-    (cut / "result.json").unlink()
+    (cut / "study.json").unlink()
     run_study(_tiny_plan(), out=out, runs=runs, threads=1)
     log = capsys.readouterr().out
     assert "a seed 1: resuming" in log and "resumed from" in log

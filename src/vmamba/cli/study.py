@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--quick", action="store_const", const="quick", dest="budget",
                    help="the quick budget: about 10 minutes a plan on 2 CPU cores")
     p.add_argument("--budget", choices=BUDGETS, default="full",
-                   help="micro (seconds: tests), quick (= --quick) or full (default)")
+                   help="micro (smoke tests: a minute or two), quick (= --quick) or full (default)")
     p.add_argument("--out", metavar="DIR", help="report folder (default: outputs/study/PLAN)")
     p.add_argument("--runs", metavar="DIR", help="where the training runs are kept (default: runs/ next to the "
                                                  "report folder, shared by plans)")

@@ -129,8 +129,7 @@ def draw_pathfinder(spec: PathfinderSpec, label: int, rng: np.random.Generator) 
     return image, marks
 
 
-def generate_pathfinder(n: int, size: int = 32, seed: int = 0,
-                        return_marks: bool = False) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+def generate_pathfinder(n: int, size: int = 32, seed: int = 0, return_marks: bool = False) -> tuple[np.ndarray, ...]:
     """``n`` images (uint8, (n, size, size)) and balanced labels (n // 2 joined, the rest separate).
 
     Deterministic in ``(seed, i)`` per image. With ``return_marks`` also the (n, 2, 2) mark
@@ -190,7 +189,8 @@ def load_pathfinder(name: str) -> dict:
             return {s: (f[f"x_{s}"], f[f"y_{s}"]) for s in ("train", "test")}
     except (OSError, KeyError, ValueError):
         pass
-    splits = {"train": generate_pathfinder(n_train, size, TRAIN_SEED), "test": generate_pathfinder(n_test, size, TEST_SEED)}
+    splits = {"train": generate_pathfinder(n_train, size, TRAIN_SEED),
+              "test": generate_pathfinder(n_test, size, TEST_SEED)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

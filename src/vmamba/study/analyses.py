@@ -1,5 +1,5 @@
 """Analyses of a trained run: FLOPs, effective receptive field (trained and at initialisation),
-accuracy at larger input sizes. Each returns plain numbers for ``result.json``; ERF maps are
+accuracy at larger input sizes. Each returns plain numbers for the run's ``study.json``; ERF maps are
 also saved as ``.npy`` next to the run for the report's plots."""
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from ..analysis.erf import erf_map, erf_summary
 from ..analysis.flops import count_flops
 from ..train.config import TrainConfig
 
-ERF_SCALE = 4  # ERFs are measured at 4x the training size, so the last stage has a centre to probe
+ERF_SCALE = 4  # ERFs are measured at about 4x the training size (see erf_size)
 RESOLUTION_SCALES = (1, 2, 3, 4)
 
 
 def cross_ratio(erf: np.ndarray, sector_deg: float = 7.5) -> float:
     """How cross-shaped an ERF is: its mean near the centre row and column over its mean near
     the diagonals, at the same distances from the centre (a ring from side/8 to side/2; sectors
-    of +-``sector_deg``). 1: no preferred direction; > 1: a cross, as the paper shows for VMamba."""
+    of +-``sector_deg``). 1: no preferred direction; > 1: a cross, as the paper shows for VMamba;
+    nan when the ERF has no mass on the diagonals' sectors (a local ERF)."""
     h, w = erf.shape
     yy, xx = np.mgrid[:h, :w]
     dy, dx = yy - h // 2, xx - w // 2
@@ -29,7 +30,14 @@ def cross_ratio(erf: np.ndarray, sector_deg: float = 7.5) -> float:
     axes = ring & ((angle <= sector_deg) | (angle >= 90 - sector_deg))
     diagonals = ring & (np.abs(angle - 45) <= sector_deg)
     off = erf[diagonals].mean()
-    return float(erf[axes].mean() / off) if off > 0 else float("inf")
+    return float(erf[axes].mean() / off) if off > 0 else float("nan")  # nan: no mass that far out
+
+
+def erf_size(img_size: int, stride: int = 32) -> int:
+    """The ERF's input side: about ``ERF_SCALE`` x the training size, rounded so that the last
+    feature map (``stride``) has an odd side and so a true centre position (160 for 32)."""
+    cells = max(1, round(ERF_SCALE * img_size / stride))
+    return stride * (cells if cells % 2 else cells + 1)
 
 
 def num_classes(run_dir: Path) -> int:
@@ -61,14 +69,16 @@ def load_trained(run_dir: Path, cfg: TrainConfig) -> torch.nn.Module:
 
 
 def val_loader(cfg: TrainConfig, size: int, batch_size: int = 200):
-    """The validation images at ``size``, prepared as the run's evaluation does."""
+    """The test images (else the validation images) at ``size``, prepared as the run's evaluation does."""
     from torch.utils.data import DataLoader
 
-    from ..train.datasets import build_dataset
+    from ..train.datasets import build_dataset, has_test
     from ..train.engine import collate_skipping
     from ..train.transforms import EvalTransform
 
-    ds = build_dataset(cfg.data, "val", EvalTransform(size, cfg.in_chans, cfg.crop_pct, cfg.interpolation))
+    split = "test" if has_test(cfg.data) else "val"
+    ds = build_dataset(cfg.data, split, EvalTransform(size, cfg.in_chans, cfg.crop_pct, cfg.interpolation),
+                       val_fraction=cfg.val_fraction)
     return DataLoader(ds, batch_size, shuffle=False, collate_fn=collate_skipping)
 
 
@@ -84,9 +94,10 @@ def erf_images(cfg: TrainConfig, size: int, count: int) -> list[torch.Tensor]:
 
 
 def _erf(model, cfg: TrainConfig, run_dir: Path, name: str, count: int) -> dict:
-    erf = erf_map(model, erf_images(cfg, ERF_SCALE * cfg.img_size, count))
+    size = erf_size(cfg.img_size)
+    erf = erf_map(model, erf_images(cfg, size, count))
     np.save(run_dir / f"{name}.npy", erf)
-    return dict(erf_summary(erf), cross_ratio=cross_ratio(erf), size=ERF_SCALE * cfg.img_size, images=count)
+    return dict(erf_summary(erf), cross_ratio=cross_ratio(erf), size=size, images=count)
 
 
 def resolution(model, cfg: TrainConfig, scales=RESOLUTION_SCALES) -> list[dict]:

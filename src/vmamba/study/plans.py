@@ -2,7 +2,7 @@
 
 A :class:`Plan` is a list of configurations (each a set of ``vmamba train`` options on top of
 one shared recipe), the seeds each runs with, and the analyses run on the trained models.
-Three budgets: ``micro`` (tests: seconds), ``quick`` (about 10 minutes a plan on 2 CPU cores)
+Three budgets: ``micro`` (smoke tests: a minute or two), ``quick`` (about 10 minutes a plan on 2 CPU cores)
 and ``full`` (the default: together within about 2 hours on 2 cores).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ BASE_VMAMBA_V0 = dict(model="vanilla_vmamba_tiny", model_args=dict(dims=24, dept
 # Per budget: the data, epochs x steps per epoch x batch of training per run (validation after
 # each epoch), seeds per configuration, the VMamba's width, images averaged for an ERF.
 SIZES = {
-    "micro": dict(data="pathfinder32-mini", epochs=1, steps=8, batch_size=50, seeds=2, dims=8, erf_images=2),
+    "micro": dict(data="pathfinder32-mini", epochs=1, steps=8, batch_size=50, seeds=2, dims=16, erf_images=2),
     "quick": dict(data="pathfinder32", epochs=2, steps=40, batch_size=64, seeds=3, dims=16, erf_images=8),
     "full": dict(data="pathfinder32", epochs=6, steps=64, batch_size=64, seeds=3, dims=24, erf_images=16),
 }

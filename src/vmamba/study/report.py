@@ -13,6 +13,7 @@ from .plans import Plan
 def mean_std(values) -> dict:
     """Mean, sample standard deviation (0 for one value) and count of the non-missing values."""
     v = np.array([x for x in values if x is not None], dtype=float)
+    v = v[np.isfinite(v)]  # e.g. a cross ratio that is undefined for a local ERF
     if len(v) == 0:
         return dict(mean=None, std=None, n=0)
     return dict(mean=float(v.mean()), std=float(v.std(ddof=1)) if len(v) > 1 else 0.0, n=int(len(v)))
@@ -95,9 +96,9 @@ def write_report(plan: Plan, results: list[dict], out: str | os.PathLike, meta: 
             for k in keys:
                 row += [_pm(s[k]["cross_ratio"]), _pm(s[k]["mass_outside_central_half"], 3)] if k in s else ["-", "-"]
             rows.append(row)
-        lines += ["ERF at 4x the training size (mean over seeds). Cross ratio: mean ERF near the centre row "
-                  "and column over its mean near the diagonals, at equal distances from the centre; 1 = no "
-                  "cross shape.", ""]
+        lines += ["ERF at about 4x the training size, an odd number of last-stage cells (mean over seeds; "
+                  "'-': undefined). Cross ratio: mean ERF near the centre row and column over its mean near the "
+                  "diagonals, at equal distances from the centre; 1 = no cross shape.", ""]
         lines += _table(header, rows) + [""]
     if any("resolution" in s for s in summary.values()):
         first = next(s for s in summary.values() if "resolution" in s)["resolution"]

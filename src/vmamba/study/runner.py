@@ -3,7 +3,8 @@
 Runs live in a shared store (``<runs>/<label>-<hash>/seed<k>/``) keyed by a hash of their full
 training configuration, so a plan run again skips what is finished, a killed plan resumes from
 the run's ``last.pt``, and plans that share a configuration (``peers``, ``resolution``, ``erf``)
-train it once. A finished run holds ``result.json``; the analyses add to it.
+train it once. A finished run holds ``study.json`` (next to the trainer's own ``result.json``);
+the analyses add to it.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from .plans import Plan
 
+STUDY_FILE = "study.json"  # a finished run's results and analyses
 # Options that do not change what a run computes, left out of its identity.
 _NOT_IDENTITY = ("out", "seed", "resume", "progress", "threads", "device", "workers", "log_interval", "preset")
 
@@ -124,11 +126,11 @@ def run_plan(plan: Plan, runs_root: str | os.PathLike, threads: int = 0, device:
             options.update(model=str(export_pretrained(src_dir)), model_args={})
             extra = src_dir.parent.name
         preset = options.pop("preset", "default")
-        cfg = make_config(preset, **options, seed=seed, threads=threads, device=device, out="")
+        cfg = make_config(preset, **options, seed=seed, threads=threads, device=device, out=str(runs_root))
         run_dir = runs_root / run_key(label, cfg.to_dict(), extra) / f"seed{seed}"
         run_dirs[(label, seed)] = run_dir
         remaining = [lab for lab, _ in order[i - 1:]]
-        result = _load_json(run_dir / "result.json")
+        result = _load_json(run_dir / STUDY_FILE)
         t0, worked = time.perf_counter(), False
         if result is None:
             resume = "auto" if (run_dir / "last.pt").is_file() and _load_json(run_dir / "config.json") else ""
@@ -136,16 +138,17 @@ def run_plan(plan: Plan, runs_root: str | os.PathLike, threads: int = 0, device:
             cfg.out, cfg.resume = str(run_dir), resume
             out = train(cfg)
             result = dict(label=label, seed=seed, run_dir=str(run_dir), options=_jsonable(options),
-                          test_acc1=out["test_acc1"], test_acc5=out["test_acc5"], best_acc1=out["best_acc1"],
-                          epochs=out["epochs"], weights=out["weights"], **_throughput(run_dir), analyses={})
-            _write_json(run_dir / "result.json", result)
+                          test_acc1=out["acc1"], test_acc5=out["acc5"], split=out.get("split", "val"),
+                          val_acc1=out.get("val_acc1"), epochs=out["epochs"], weights=out["weights"],
+                          **_throughput(run_dir), analyses={})
+            _write_json(run_dir / STUDY_FILE, result)
             worked = True
         else:
             progress.started(i, label, seed, remaining, "finished earlier, skipped training")
         cfg.out = str(run_dir)
         for name in [a for a in plan.analyses if a not in result.get("analyses", {})]:
             result.setdefault("analyses", {})[name] = analyses.run(name, run_dir, cfg, plan)
-            _write_json(run_dir / "result.json", result)
+            _write_json(run_dir / STUDY_FILE, result)
             worked = True
         if worked:
             progress.finished(label, time.perf_counter() - t0)
