@@ -11,7 +11,6 @@ import sys
 import types
 
 import pytest
-import torch
 import torch.nn as nn
 
 from vmamba.analysis import peers
