@@ -329,10 +329,12 @@ def _check_model(cfg: TrainConfig) -> None:
     import inspect
 
     from ..models import list_models
-    from ..models.vmamba import VSSM
+    from ..models.vmamba import VSSM, ZOO
 
-    if cfg.model not in list_models():
+    if cfg.model not in list_models() and not (Path(cfg.model) / "config.json").is_file():  # or a saved folder
         raise _bad("model", cfg.model, f"one of {', '.join(list_models())}")
+    if cfg.model not in ZOO:  # other registered builders (vmamba.study's peers) and saved folders check their own
+        return
     fixed = {"num_classes", "in_chans", "drop_path_rate"}  # set from the data and --drop-path
     allowed = sorted(set(inspect.signature(VSSM.__init__).parameters) - {"self"} - fixed)
     unknown = sorted(set(cfg.model_args) - set(allowed))
