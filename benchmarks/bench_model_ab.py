@@ -50,7 +50,7 @@ def old_ss2d_forward_core(self, x):
     dts = torch.matmul(self.dt_projs_weight, dts).view(b, k, -1, h, w)
     Bs, Cs = Bs.view(b, k, n, h, w), Cs.view(b, k, n, h, w)
     y = cross_selective_scan(
-        x, dts, -torch.exp(self.A_logs.float()), Bs, Cs, self.Ds.float(),
+        x, dts, -torch.exp(self.A_logs.float()), Bs, Cs, D=self.Ds.float(),
         delta_bias=self.dt_projs_bias.float().reshape(-1), delta_softplus=True,
         mode=self.scan_mode, out_float=True, backend=self.scan_backend,
     )
