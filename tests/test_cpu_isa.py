@@ -129,10 +129,12 @@ FORCED = textwrap.dedent("""
     wc = r(b, d, h, wd).double()
 
     def scan(backend):
-        return lambda u, dl, A, B, C, D, bias, z: selective_scan(u, dl, A, B, C, D, bias, True, z=z, backend=backend)
+        return lambda u, dl, A, B, C, D, bias, z: selective_scan(
+            u, dl, A, B, C, D=D, delta_bias=bias, delta_softplus=True, z=z, backend=backend)
 
     def xscan(backend):
-        return lambda x, dl, A, B, C, D, bias: cross_selective_scan(x, dl, A, B, C, D, bias, True, backend=backend)
+        return lambda x, dl, A, B, C, D, bias: cross_selective_scan(
+            x, dl, A, B, C, D=D, delta_bias=bias, delta_softplus=True, backend=backend)
 
     errors = []
     for fn, ins, weight in ((scan, plain, w), (xscan, cross, wc)):
