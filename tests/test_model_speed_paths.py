@@ -38,7 +38,7 @@ def channel_first_ss2d(m: SS2D, x: torch.Tensor) -> torch.Tensor:
     dts, B, C = torch.split(x_dbl, [r, n, n], dim=2)
     dts = torch.einsum("kdr,bkrl->bkdl", m.dt_projs_weight, dts).reshape(b, k, d, h, w)
     y = cross_selective_scan(x, dts, -torch.exp(m.A_logs.float()), B.reshape(b, k, n, h, w),
-                             C.reshape(b, k, n, h, w), m.Ds.float(), delta_bias=m.dt_projs_bias.float().reshape(-1),
+                             C.reshape(b, k, n, h, w), D=m.Ds.float(), delta_bias=m.dt_projs_bias.float().reshape(-1),
                              delta_softplus=True, mode=m.scan_mode, out_float=True, backend="torch")
     y = m.out_norm(y.permute(0, 2, 3, 1))
     if m.z_gate:
