@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils import pyplot
 from .plans import Plan
 
 
@@ -115,12 +116,8 @@ def write_report(plan: Plan, results: list[dict], out: str | os.PathLike, meta: 
 
 def plot_all(plan: Plan, results: list[dict], summary: dict, out: Path) -> list[Path]:
     """Accuracy bars, ERF maps (mean over seeds), accuracy against resolution; the PNGs written."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     from ..analysis.erf import plot_erfs
 
