@@ -10,6 +10,9 @@ Skipped (with the reason) only when the extension cannot be compiled on this mac
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -349,9 +352,39 @@ def test_public_cross_selective_scan_uses_fused_kernel():
     ins = cross_inputs(2, 8, 3, 5, 4, seed=4)
     c_in = {k: v.clone().requires_grad_() for k, v in ins.items()}
     y = cross_selective_scan(**c_in, delta_softplus=True, mode="cross2d", backend="auto")
-    assert y.grad_fn is not None and "cross_selective_scan_cpu" in type(y.grad_fn).__name__
+    assert y.grad_fn is not None and type(y.grad_fn).__name__.startswith("CpuCrossScanEagerFunction")
     ref = composed_reference(*[v.double() for v in ins.values()], mode="cross2d")
     assert rel_err(y, ref) <= TOL
+
+
+def test_eager_twin_equals_the_registered_op_and_traced_calls_use_the_op():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vmamba.ops import scan_cpu
+
+    ins = cross_inputs(2, 8, 3, 5, 4, seed=5)
+    results = []
+    for op in (scan_cpu._cross_op, scan_cpu._CrossScanFunction.apply):
+        leaves = {k: v.clone().requires_grad_() for k, v in ins.items()}
+        y, _ = op(*leaves.values(), True, "cross2d", True)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        results.append([y.detach()] + [leaves[k].grad for k in ins])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)  # the same kernel calls in the same order: bit-identical
+    with FlopCounterMode(display=False) as counter:  # a dispatch mode: the call must go through the op
+        cross_selective_scan(**ins, delta_softplus=True, backend="cpu")
+    assert counter.get_total_flops() > 0
+
+
+def test_eager_calls_do_not_import_dynamo():
+    # torch.library's op wrapper imports torch._dynamo on its first call (~70 MB, ~1 s); eager
+    # model calls use the op's eager twin and must not pay that
+    code = ("import sys, torch, vmamba; m = vmamba.create_model('vmamba_tiny_s1l8', depths=(1, 1), dims=16, "
+            "num_classes=2, scan_backend='cpu'); m(torch.randn(1, 3, 32, 32)).sum().backward(); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
 
 
 @pytest.mark.parametrize("z_gate,d_state", [(True, 4), (False, 1)])

@@ -20,7 +20,7 @@ from .scan_common import scan_flops
 
 __all__ = [
     "MODE_IDS", "SCAN_MODES", "check_scan_mode", "scan_order", "f32", "pixel_map", "kernel_output",
-    "needs_grad", "cast_grad", "register_scan_autograd", "register_cross_autograd",
+    "needs_grad", "cast_grad", "traced", "register_scan_autograd", "register_cross_autograd",
     "scan_op_flops", "cross_scan_op_flops",
 ]
 
@@ -83,11 +83,33 @@ def _missing_states(label: str) -> RuntimeError:
                         "(it ran with gradients disabled)")
 
 
-def register_scan_autograd(op, backward_op, label: str) -> None:
-    """Autograd for a plain scan op ``op(u, delta, A, B, C, D, delta_bias, z, delta_softplus, ...)``
-    returning ``(y, last_state, states)``; ``backward_op(gy, glast, u, ..., z, states,
-    delta_softplus)`` returns the eight input gradients in fp32."""
+def traced(*tensors) -> bool:
+    """Whether a kernel call must go through its registered ``torch.library`` op rather than the
+    op's eager twin (:func:`register_scan_autograd` returns it): while ``torch.compile`` or
+    ``torch.export`` traces, under a dispatch mode (FLOP counting, fake tensors) or a functorch
+    transform, and for tensor subclasses. Plain eager calls skip the op's Python wrapper, whose
+    first call imports ``torch._dynamo`` (about 70 MB of memory and a second of start-up) and
+    whose every call costs more Python than the kernel's smaller stage-3 calls take."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0 \
+            or torch._C._are_functorch_transforms_active():
+        return True
+    return any(t is not None and type(t) not in _PLAIN_TENSORS for t in tensors)
 
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _class_name(label: str) -> str:
+    return "".join(w.capitalize() for w in label.split()) + "EagerFunction"
+
+
+def _eager_twin(name: str, forward, setup, backward) -> type:
+    """An ``autograd.Function`` running ``forward`` with the op's autograd rules."""
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "setup_context": staticmethod(setup), "backward": staticmethod(backward)})
+
+
+def _scan_rules(backward_fn, label: str):
     def setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs[:SCAN_TENSOR_INPUTS], output[2])
         ctx.delta_softplus, ctx.n_inputs = inputs[SCAN_TENSOR_INPUTS], len(inputs)
@@ -101,19 +123,15 @@ def register_scan_autograd(op, backward_op, label: str) -> None:
             raise _missing_states(label)
         if gy is None:
             gy = torch.zeros(u.shape, dtype=torch.float32, device=u.device)
-        grads = backward_op(gy, glast, *saved, states, ctx.delta_softplus)
+        grads = backward_fn(gy, glast, *saved, states, ctx.delta_softplus)
         need = ctx.needs_input_grad
         return (*(cast_grad(g, t, need[i]) for i, (g, t) in enumerate(zip(grads, saved))),
                 *([None] * (ctx.n_inputs - SCAN_TENSOR_INPUTS)))
 
-    op.register_autograd(backward, setup_context=setup)
+    return setup, backward
 
 
-def register_cross_autograd(op, backward_op, label: str) -> None:
-    """Autograd for a fused four-direction op ``op(x, delta, A, B, C, D, delta_bias,
-    delta_softplus, mode, ...)`` returning ``(y, states)``; ``backward_op(gy, x, ..., delta_bias,
-    states, delta_softplus, mode)`` returns the seven input gradients in fp32."""
-
+def _cross_rules(backward_fn, label: str):
     def setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs[:CROSS_TENSOR_INPUTS], output[1])
         ctx.delta_softplus, ctx.mode = inputs[CROSS_TENSOR_INPUTS], inputs[CROSS_TENSOR_INPUTS + 1]
@@ -126,9 +144,36 @@ def register_cross_autograd(op, backward_op, label: str) -> None:
             raise _missing_states(label)
         if gy is None:
             gy = torch.zeros(saved[0].shape, dtype=torch.float32, device=saved[0].device)
-        grads = backward_op(gy, *saved, states, ctx.delta_softplus, ctx.mode)
+        grads = backward_fn(gy, *saved, states, ctx.delta_softplus, ctx.mode)
         need = ctx.needs_input_grad
         return (*(cast_grad(g, t, need[i]) for i, (g, t) in enumerate(zip(grads, saved))),
                 *([None] * (ctx.n_inputs - CROSS_TENSOR_INPUTS)))
 
+    return setup, backward
+
+
+def register_scan_autograd(op, backward_op, label: str, forward_impl=None, backward_impl=None):
+    """Autograd for a plain scan op ``op(u, delta, A, B, C, D, delta_bias, z, delta_softplus, ...)``
+    returning ``(y, last_state, states)``; ``backward_op(gy, glast, u, ..., z, states,
+    delta_softplus)`` returns the eight input gradients in fp32.
+
+    With ``forward_impl`` / ``backward_impl`` (the Python functions behind the two ops), also
+    returns their eager twin: an ``autograd.Function`` with the same rules, for calls that
+    :func:`traced` says need not go through the op."""
+    setup, backward = _scan_rules(backward_op, label)
     op.register_autograd(backward, setup_context=setup)
+    if forward_impl is not None:
+        return _eager_twin(_class_name(label), forward_impl, *_scan_rules(backward_impl, label))
+    return None
+
+
+def register_cross_autograd(op, backward_op, label: str, forward_impl=None, backward_impl=None):
+    """Autograd for a fused four-direction op ``op(x, delta, A, B, C, D, delta_bias,
+    delta_softplus, mode, ...)`` returning ``(y, states)``; ``backward_op(gy, x, ..., delta_bias,
+    states, delta_softplus, mode)`` returns the seven input gradients in fp32. Returns the eager
+    twin as :func:`register_scan_autograd` does."""
+    setup, backward = _cross_rules(backward_op, label)
+    op.register_autograd(backward, setup_context=setup)
+    if forward_impl is not None:
+        return _eager_twin(_class_name(label), forward_impl, *_cross_rules(backward_impl, label))
+    return None

@@ -24,6 +24,12 @@ included, so ``torch.compile`` and FLOP counters see them):
 * ``vmamba::cross_selective_scan_cpu`` (backward: ``vmamba::cross_selective_scan_cpu_backward``):
   the four scan orders of a (B, D, H, W) map read directly by the kernel and merged in place,
   so the four direction copies of cross-scan are never materialised.
+
+Eager calls on plain tensors run the same Python functions through an ``autograd.Function`` with
+the same autograd rules instead (``kernel_common.traced``): the ops' Python wrapper imports
+``torch._dynamo`` on its first call, about 70 MB of resident memory and a second that a model
+which is never compiled should not pay. Under ``torch.compile``/``export``, FLOP counting, fake
+tensors and functorch transforms the calls go through the ops.
 """
 from __future__ import annotations
 
@@ -51,7 +57,7 @@ except ImportError:  # Windows
 from .backends import register_backend
 from .kernel_common import (
     MODE_IDS, check_scan_mode, cross_scan_op_flops, f32, kernel_output, needs_grad, pixel_map,
-    register_cross_autograd, register_scan_autograd, scan_op_flops, scan_order,
+    register_cross_autograd, register_scan_autograd, scan_op_flops, scan_order, traced,
 )
 
 __all__ = [
@@ -294,8 +300,7 @@ def _states_shape(batch, k, groups, dg, length, n):
 
 # ----------------------------------------------------------------------------- plain scan op
 
-@torch.library.custom_op(SCAN_OP, mutates_args=(), device_types="cpu")
-def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+def _scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
              delta_bias: Optional[Tensor], z: Optional[Tensor], delta_softplus: bool,
              save_states: bool) -> tuple[Tensor, Tensor, Tensor]:
     """y (fp32, before the output cast), last state (b, D, N) and the saved chunk states."""
@@ -303,6 +308,9 @@ def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optio
         u, delta.to(u.dtype), f32(A), _rows(B), _rows(C), f32(D), f32(delta_bias),
         None if z is None else z.to(u.dtype), delta_softplus, save_states, 1, 0)
     return y, last, states
+
+
+_scan_op = torch.library.custom_op(SCAN_OP, _scan_forward, mutates_args=(), device_types="cpu")
 
 
 @_scan_op.register_fake
@@ -316,8 +324,7 @@ def _scan_op_fake(u, delta, A, B, C, D, delta_bias, z, delta_softplus, save_stat
     return y, last, states
 
 
-@torch.library.custom_op(SCAN_OP + "_backward", mutates_args=(), device_types="cpu")
-def _scan_bwd_op(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+def _scan_backward(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                  D: Optional[Tensor], delta_bias: Optional[Tensor], z: Optional[Tensor], states: Tensor,
                  delta_softplus: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients (fp32) of u, delta, A, B, C, D, delta_bias, z (empty for absent optionals)."""
@@ -330,6 +337,9 @@ def _scan_bwd_op(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor, 
     return du, ddelta, dAp.sum(0), dB, dC, dDp.sum(0), dbp.sum(0), dz
 
 
+_scan_bwd_op = torch.library.custom_op(SCAN_OP + "_backward", _scan_backward, mutates_args=(), device_types="cpu")
+
+
 @_scan_bwd_op.register_fake
 def _scan_bwd_fake(dy, dlast, u, delta, A, B, C, D, delta_bias, z, states, delta_softplus):
     f = torch.float32
@@ -339,7 +349,8 @@ def _scan_bwd_fake(dy, dlast, u, delta, A, B, C, D, delta_bias, z, states, delta
             u.new_empty((d,), dtype=f), u.new_empty(u.shape if z is not None else (0,), dtype=f))
 
 
-register_scan_autograd(_scan_op, _scan_bwd_op, "cpu scan")
+# Eager calls on plain tensors run the same functions through an autograd.Function (see `traced`).
+_ScanFunction = register_scan_autograd(_scan_op, _scan_bwd_op, "cpu scan", _scan_forward, _scan_backward)
 
 
 def selective_scan_cpu(
@@ -352,7 +363,8 @@ def selective_scan_cpu(
     contract: CPU tensors, fp32/bf16/fp16, d_state at most ``MAX_STATE``, no empty input.
     """
     save = needs_grad(u, delta, A, B, C, D, delta_bias, z)
-    y, last, _ = _scan_op(u, delta, A, B, C, D, delta_bias, z, bool(delta_softplus), save)
+    op = _scan_op if traced(u, delta, A, B, C, D, delta_bias, z) else _ScanFunction.apply
+    y, last, _ = op(u, delta, A, B, C, D, delta_bias, z, bool(delta_softplus), save)
     return kernel_output(y, last, u, out_float, return_last_state)
 
 
@@ -375,8 +387,7 @@ def _scan_rows(m: Tensor, mode: str) -> Tensor:
     return scan_order(m.float(), mode).transpose(-1, -2).contiguous()
 
 
-@torch.library.custom_op(CROSS_SCAN_OP, mutates_args=(), device_types="cpu")
-def _cross_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+def _cross_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
               delta_bias: Optional[Tensor], delta_softplus: bool, mode: str,
               save_states: bool) -> tuple[Tensor, Tensor]:
     """Merged y (b, d, H, W) fp32 and the saved chunk states."""
@@ -384,6 +395,9 @@ def _cross_op(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Opti
         pixel_map(x), pixel_map(delta.to(x.dtype)), f32(A), _scan_rows(B, mode), _scan_rows(C, mode),
         f32(D), f32(delta_bias), None, delta_softplus, save_states, 4, MODE_IDS[mode])
     return y, states
+
+
+_cross_op = torch.library.custom_op(CROSS_SCAN_OP, _cross_forward, mutates_args=(), device_types="cpu")
 
 
 @_cross_op.register_fake
@@ -396,8 +410,7 @@ def _cross_op_fake(x, delta, A, B, C, D, delta_bias, delta_softplus, mode, save_
     return y, states
 
 
-@torch.library.custom_op(CROSS_SCAN_OP + "_backward", mutates_args=(), device_types="cpu")
-def _cross_bwd_op(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+def _cross_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                   delta_bias: Optional[Tensor], states: Tensor, delta_softplus: bool,
                   mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients (fp32) of x, delta, A, B, C, D, delta_bias."""
@@ -411,6 +424,10 @@ def _cross_bwd_op(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C:
     return dx, ddelta, dAp.sum(0), dB, dC, dDp.sum(0), dbp.sum(0)
 
 
+_cross_bwd_op = torch.library.custom_op(CROSS_SCAN_OP + "_backward", _cross_backward, mutates_args=(),
+                                        device_types="cpu")
+
+
 @_cross_bwd_op.register_fake
 def _cross_bwd_fake(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus, mode):
     f = torch.float32
@@ -420,7 +437,7 @@ def _cross_bwd_fake(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus
             x.new_empty((kd,), dtype=f))
 
 
-register_cross_autograd(_cross_op, _cross_bwd_op, "cpu cross scan")
+_CrossScanFunction = register_cross_autograd(_cross_op, _cross_bwd_op, "cpu cross scan", _cross_forward, _cross_backward)
 
 
 def cross_selective_scan_cpu(x, delta, A, B, C, *, D=None, delta_bias=None, delta_softplus=False,
@@ -430,7 +447,8 @@ def cross_selective_scan_cpu(x, delta, A, B, C, *, D=None, delta_bias=None, delt
     Called, like the plain op, only inside the backend's contract."""
     check_scan_mode(mode)
     save = needs_grad(x, delta, A, B, C, D, delta_bias)
-    y, _ = _cross_op(x, delta, A, B, C, D, delta_bias, bool(delta_softplus), mode, save)
+    op = _cross_op if traced(x, delta, A, B, C, D, delta_bias) else _CrossScanFunction.apply
+    y, _ = op(x, delta, A, B, C, D, delta_bias, bool(delta_softplus), mode, save)
     return y if out_float else y.to(x.dtype)
 
 
