@@ -1,0 +1,118 @@
+"""Where a whole model's CPU time goes: torch.profiler self-time per kind of op, zoo and timm side by side.
+
+For each model (zoo names, or timm names with ``timm:`` in front), one warm-up and ``--reps``
+profiled steps (inference, or a training step: forward, cross-entropy, backward) at the given
+size, batch and thread count; prints the self CPU time per step of each op group (matmul, scan,
+conv, norm, activation, copy/layout, elementwise, other) in ms and as a share of the step, so the
+arithmetic every backbone shares (matmul) can be told from what only one of them pays.
+
+Usage: ``python benchmarks/profile_model.py [--models vmamba_tiny_s1l8 timm:swin_tiny_patch4_window7_224 ...]
+[--size 224] [--batch 1] [--threads 2] [--train] [--preload FILE]``
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import runpy
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "src"))
+
+import vmamba  # noqa: E402
+
+# op name (substring, lower case) -> group; the first match wins
+GROUPS = [
+    ("scan", ("selective_scan", "vmamba::", "vmamba_cpu")),
+    ("matmul", ("addmm", "aten::mm", "aten::bmm", "matmul", "linear", "baddbmm", "_mkl")),
+    ("conv", ("conv", "mkldnn_convolution")),
+    ("norm", ("layer_norm", "batch_norm", "native_layer_norm", "group_norm")),
+    ("activation", ("gelu", "silu", "relu", "softmax", "sigmoid", "softplus")),
+    ("copy/layout", ("copy_", "contiguous", "clone", "cat", "stack", "permute", "transpose", "roll", "pad",
+                     "index", "gather", "to_copy", "_to_copy", "fill_", "zero_")),
+    ("elementwise", ("add", "mul", "div", "sub", "exp", "neg", "sum", "mean", "where", "masked")),
+]
+
+
+def group_of(name: str) -> str:
+    """The op group a profiler event name belongs to."""
+    low = name.lower()
+    for group, keys in GROUPS:
+        if any(k in low for k in keys):
+            return group
+    return "other"
+
+
+def build(name: str):
+    """A zoo model, or a timm one for ``timm:NAME``, with 1000 classes, in eval mode."""
+    if name.startswith("timm:"):
+        import timm
+
+        return timm.create_model(name[5:], num_classes=1000).eval()
+    return vmamba.create_model(name, num_classes=1000).eval()
+
+
+def profile(model, x, train: bool, reps: int) -> tuple[dict, float]:
+    """Self CPU ms per group per step, and the profiled wall ms per step."""
+    target = torch.zeros(x.shape[0], dtype=torch.long)
+
+    def step():
+        if train:
+            model.train()
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), target).backward()
+        else:
+            with torch.no_grad():
+                model(x)
+
+    step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            step()
+    per_group = collections.Counter()
+    for ev in prof.key_averages():
+        per_group[group_of(ev.key)] += ev.self_cpu_time_total / 1e3 / reps
+    total = sum(per_group.values())
+    return dict(per_group), total
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["vmamba_tiny_s1l8", "vanilla_vmamba_tiny",
+                                                   "timm:swin_tiny_patch4_window7_224", "timm:convnext_tiny"])
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--train", action="store_true", help="profile a training step instead of inference")
+    p.add_argument("--preload", help="a Python file run before timm is imported (a fix-up an installation needs)")
+    args = p.parse_args(argv)
+    if args.preload:
+        runpy.run_path(args.preload)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    groups = [g for g, _ in GROUPS] + ["other"]
+    rows = []
+    for name in args.models:
+        try:
+            model = build(name)
+        except Exception as e:  # timm missing or unimportable: say so, profile the rest
+            print(f"{name}: skipped ({type(e).__name__}: {e})")
+            continue
+        per_group, total = profile(model, x, args.train, args.reps)
+        rows.append((name, per_group, total))
+    kind = "training step" if args.train else "inference"
+    print(f"{kind}, {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, torch {torch.__version__}; "
+          "self CPU ms per step (share)")
+    print(f"{'group':<12}" + "".join(f"{n.replace('timm:', '')[:22]:>24}" for n, _, _ in rows))
+    for g in groups:
+        print(f"{g:<12}" + "".join(f"{pg.get(g, 0.0):>15.1f} ({100 * pg.get(g, 0.0) / t:4.1f}%)" for _, pg, t in rows))
+    print(f"{'total':<12}" + "".join(f"{t:>24.1f}" for _, _, t in rows))
+
+
+if __name__ == "__main__":
+    main()
