@@ -89,17 +89,14 @@ def test_torch_export_dynamic_height_and_width():
     model = tiny("vmamba_tiny_s1l8").eval()
     program = export_program(model, size=(64, 96), dynamic_size=True).module()
     with torch.no_grad():
-        for shape in [(1, 3, 32, 32), (2, 3, 96, 64), (1, 3, 224, 160)]:
+        for shape in [(1, 3, 32, 32), (2, 3, 96, 64), (1, 3, 64, 160)]:
             x = torch.randn(shape)
             torch.testing.assert_close(program(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-@needs_onnx
-@pytest.mark.parametrize("name", FAMILIES)
-def test_onnx_export_runs_in_onnxruntime_equal_to_eager(name, tmp_path):
-    model = tiny(name).eval()
-    path = export_onnx(model, tmp_path / "m.onnx", size=(32, 64))
-    session = OnnxModel(path)
+def check_onnx_session(session, model):
+    """A static 32x64, dynamic-batch ONNX file of ``model``: equal to eager, inputs checked."""
+    model.eval()
     assert session.accepted["height"] == 32 and session.accepted["batch"] is None
     assert session.accepted["mean"] == list(model.pretrained_cfg["mean"])
     with torch.no_grad():
@@ -110,6 +107,13 @@ def test_onnx_export_runs_in_onnxruntime_equal_to_eager(name, tmp_path):
         session(torch.randn(1, 3, 32, 32))
     with pytest.raises(ExportError, match=r"3 channels, got 1"):
         session(torch.randn(1, 1, 32, 64))
+
+
+@needs_onnx
+def test_onnx_export_runs_in_onnxruntime_equal_to_eager(tmp_path):
+    # the v0 family here; the v2 family's file comes from the export command's test below
+    model = tiny("vanilla_vmamba_tiny").eval()
+    check_onnx_session(OnnxModel(export_onnx(model, tmp_path / "m.onnx", size=(32, 64))), model)
 
 
 @needs_onnx
@@ -153,6 +157,7 @@ def test_export_command_writes_and_verifies(tmp_path, capsys):
     assert cli(["export", str(folder), "--size", "32", "64", "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "verified (1, 3, 32, 64)" in text and "verified (3, 3, 32, 64)" in text and out.is_file()
+    check_onnx_session(OnnxModel(out), model)
     assert cli(["export", str(folder), "--format", "pt2", "--size", "32", "32", "--batch", "2",
                 "-o", str(tmp_path / "m.pt2")]) == 0
     with pytest.raises(ExportError, match="batch 2, got 1"):
@@ -180,7 +185,10 @@ def _image_batch(batch=2, size=64):
 @pytest.mark.parametrize("name", vmamba.list_models())
 def test_every_zoo_model_under_autocast_is_finite_and_close_to_fp32(name):
     torch.manual_seed(0)
-    model = vmamba.create_model(name, num_classes=10)
+    # The tiny models at full depth; the small and base ones (the tiny blocks, deeper, base also
+    # wider) at three blocks in the third stage: their block configurations, a quarter of the time.
+    depths = {} if "tiny" in name else dict(depths=(1, 1, 3, 1))
+    model = vmamba.create_model(name, num_classes=10, **depths)
     x = _image_batch(1, 32)
     with torch.no_grad():
         ref = model.eval()(x)
