@@ -14,7 +14,8 @@ from vmamba.study.plans import PLANS, Plan, recipe
 from vmamba.study.report import mean_std
 from vmamba.study.runner import run_key
 
-SHIM = Path("/work/shared/tools")
+# The workplace's shim for a CUDA-only torchvision build next to a CPU torch, if it is around.
+SHIMS = [p / "shared" / "tools" for p in Path(__file__).resolve().parents]
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +133,35 @@ def test_study_runs_reports_skips_and_resumes(tmp_path, cache, monkeypatch, caps
     assert json.loads((out / "results.json").read_text())["runs"][1]["test_acc1"] == doc["runs"][1]["test_acc1"]
 
 
+class _TinyPeer:
+    """A builder for a model vmamba's registry does not know (a stand-in for a timm peer)."""
+
+    def __call__(self, num_classes=2, in_chans=1, drop_path_rate=0.0, width=4):
+        import torch.nn as nn
+
+        net = nn.Sequential(nn.Conv2d(in_chans, width, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(width, num_classes))
+        net.num_classes, net.in_chans, net.config = num_classes, in_chans, dict(width=width)
+        return net
+
+
+@pytest.mark.slow
+def test_study_trains_its_own_builders_outside_the_registry(tmp_path, cache, monkeypatch):
+    import vmamba
+    from vmamba.study import peers
+
+    monkeypatch.setenv("VMAMBA_CACHE", str(cache))
+    monkeypatch.setitem(peers.BUILDERS, "study_tiny", _TinyPeer())
+    plan = _tiny_plan(("flops",))
+    plan.configs = {"tiny": dict(model="study_tiny", model_args=dict(width=6))}
+    plan.seeds = (0,)
+    run_study(plan, out=tmp_path / "report", runs=tmp_path / "runs", threads=1)
+    doc = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert doc["summary"]["tiny"]["top1"]["n"] == 1
+    assert doc["summary"]["tiny"]["params"] == (9 * 6 + 6) + (6 * 2 + 2)  # the builder's network, width 6
+    assert "study_tiny" not in vmamba.list_models()
+
+
 def test_cli_study_arguments(capsys):
     from vmamba.cli import main
 
@@ -141,13 +171,17 @@ def test_cli_study_arguments(capsys):
     with pytest.raises(SystemExit) as e:
         main(["study", "scan", "--source", "fashion-mnist", "--budget", "micro"])
     assert e.value.code == 2 and "--source applies to the transfer plan only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["study", "scan", "--preload", "no-such-file.py"])
+    assert e.value.code == 2 and "--preload no-such-file.py: no such file" in capsys.readouterr().err
 
 
 @pytest.fixture
 def timm_via_shim():
-    """timm imported through the test-only torchvision shim (this machine's torchvision is broken)."""
-    if str(SHIM) not in sys.path and SHIM.is_dir():
-        sys.path.insert(0, str(SHIM))
+    """timm, imported through the test-only torchvision shim where there is one."""
+    shim = next((s for s in SHIMS if (s / "torchvision_cpu_shim.py").is_file()), None)
+    if shim is not None and str(shim) not in sys.path:
+        sys.path.insert(0, str(shim))
     try:
         import torchvision_cpu_shim  # noqa: F401
     except ImportError:
@@ -160,16 +194,27 @@ def test_peers_are_built_at_the_same_flops(timm_via_shim):
     import torch
 
     from vmamba.analysis.erf import erf_map
-    from vmamba.models import create_model
-    from vmamba.study.peers import FLOP_TOLERANCE, PEERS, model_flops
+    from vmamba.study.peers import BUILDERS, FLOP_TOLERANCE, PEERS, model_flops
 
     plan = make_plan("peers", "quick")
     goal = model_flops(plan.configs["VMamba v2"]["model"], plan.configs["VMamba v2"]["model_args"], 32, 1)
     for name in PEERS:
         cfg = plan.configs[name]
         assert abs(model_flops(cfg["model"], cfg["model_args"], 32, 1) / goal - 1) <= FLOP_TOLERANCE
-        net = create_model(cfg["model"], **cfg["model_args"], num_classes=2, in_chans=1).eval()
+        net = BUILDERS[cfg["model"]](**cfg["model_args"], num_classes=2, in_chans=1).eval()
         assert net(torch.randn(2, 1, 32, 32)).shape == (2, 2)
         assert net(torch.randn(1, 1, 64, 64)).shape == (1, 2)  # other sizes too (resolution plan)
         assert net.forward_features(torch.randn(1, 1, 32, 32)).dim() == 4
         assert erf_map(net, [torch.randn(1, 64, 64)]).shape == (64, 64)
+
+
+def test_importing_the_study_leaves_the_model_registry_alone():
+    """The peers have their own builders; vmamba.list_models() is the zoo with or without vmamba.study."""
+    import subprocess
+
+    code = ("import vmamba; before = vmamba.list_models(); "
+            "import vmamba.study, vmamba.study.peers, vmamba.study.runner, vmamba.cli.study; "
+            "after = vmamba.list_models(); assert after == before, set(after) ^ set(before); "
+            "assert not vmamba.list_models('study_*'); print(len(after))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert int(out) > 0
