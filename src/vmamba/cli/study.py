@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="report folder (default: outputs/study/PLAN)")
     p.add_argument("--runs", metavar="DIR", help="where the training runs are kept (default: runs/ next to the "
                                                  "report folder, shared by plans)")
-    p.add_argument("--seeds", type=int, help="seeds per configuration (default: 3; micro: 2)")
+    p.add_argument("--seeds", type=int, help="seeds per configuration (default: full 3, quick and micro 2)")
     p.add_argument("--data", help="train on this dataset instead of Pathfinder: a built-in name or an "
                                   "ImageFolder root (train/ and val/)")
     p.add_argument("--img-size", type=int, help="training size with --data")

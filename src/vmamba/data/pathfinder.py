@@ -1,16 +1,17 @@
 """Pathfinder-style images, generated deterministically from a seed (no download).
 
-As in the Long Range Arena's Pathfinder task: an image holds a few dashed curves and two
-marked end points (3x3 squares); the label says whether the two marks lie on the same curve
-(1, "joined") or on two different curves (0). Every image has the same number of curves of the
-same length whatever its label, so ink and curve counts give nothing away; only following a
-curve from one mark to the other answers the question, which a small local model struggles to
-do while a model with a global, direction-aware view can.
+As in the Long Range Arena's Pathfinder task: an image holds a few curves and two marked end
+points (3x3-cell squares); the label says whether the two marks lie on the same curve (1,
+"joined") or on two different curves (0). Every image has the same number of curves of the
+same length whatever its label, and (with ``match``) both candidate mark pairs are about equally
+far apart, so ink, curve counts and the marks' distance give nothing away; only following a
+curve from one mark to the other answers the question.
 
-Curves keep a clear gap of at least ``SEPARATION - 1`` pixels from each other, and the dashes
-leave gaps of one pixel, so "joined" is exactly "the two marks are connected when pixels at
-most 2 apart (Chebyshev) count as neighbours": :func:`marks_connected` checks that, and the
-tests check every label against it.
+Curves are drawn on a grid of cells (``scale`` pixels a side each) and keep a clear gap of at
+least ``SEPARATION - 1`` cells from each other; dashes (where used) leave gaps of one cell. So
+"joined" is exactly "the two marks are connected when pixels at most ``REACH * scale`` apart
+(Chebyshev) count as neighbours": :func:`marks_connected` checks that, and the tests check
+every label against it.
 
 Image ``i`` of a split depends only on ``(seed, i)``, so a larger set starts with the smaller one.
 """
@@ -25,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-SEPARATION = 3  # minimum Chebyshev distance between pixels (marks included) of different curves
-REACH = 2  # neighbourhood radius that bridges a dash gap but never the gap between curves
+SEPARATION = 3  # minimum Chebyshev distance between cells (marks included) of different curves
+REACH = 2  # neighbourhood radius (cells) that bridges a dash gap but never the gap between curves
 CLASSES = ["separate", "joined"]
 
 
@@ -35,12 +36,11 @@ class PathfinderSpec:
     """How one size of the task is drawn."""
 
     size: int  # side of the drawing grid in cells (the image is ``size * scale`` pixels)
-    length: int  # pixels per curve (before dashing)
+    length: int  # cells per curve (before dashing)
     curves: int  # curves per image: the two that carry the marks plus distractors
-    dash: int  # visible pixels per dash; each dash is followed by a one-pixel gap
+    dash: int  # visible cells per dash, each followed by a one-cell gap (dash >= length: solid)
     turn: float = 0.35  # standard deviation of the direction change per step (radians)
-    match: float | None = None  # if set: both candidate mark pairs lie this close in distance (pixels)
-    ink: int = 255  # grey level of the curves (marks are always 255)
+    match: float | None = None  # if set: both candidate mark pairs lie this close in distance (cells)
     scale: int = 1  # pixels per cell side: each cell becomes a scale x scale block
 
     @property
@@ -114,7 +114,7 @@ def _mark(mask: np.ndarray, p) -> None:
 
 
 def draw_pathfinder(spec: PathfinderSpec, label: int, rng: np.random.Generator) -> tuple[np.ndarray, list]:
-    """One image (uint8, spec.size squared) and the two mark centres; ``label`` 1 = joined."""
+    """One image (uint8, ``spec.side`` squared) and the two mark centres (pixels); ``label`` 1 = joined."""
     while True:  # restart the image when a curve finds no room
         forbidden = np.zeros((spec.size, spec.size), bool)
         curves = []
@@ -139,7 +139,7 @@ def draw_pathfinder(spec: PathfinderSpec, label: int, rng: np.random.Generator) 
     image = np.zeros((spec.size, spec.size), np.uint8)
     for pixels in curves:
         dashed = pixels[np.arange(len(pixels)) % (spec.dash + 1) < spec.dash]
-        image[dashed[:, 0], dashed[:, 1]] = spec.ink
+        image[dashed[:, 0], dashed[:, 1]] = 255
     marks = [tuple(curves[0][0]), tuple(curves[0][-1] if label == 1 else curves[1][-1])]
     for p in marks:
         image[p[0] - 1:p[0] + 2, p[1] - 1:p[1] + 2] = 255
