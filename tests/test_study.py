@@ -21,6 +21,9 @@ SHIMS = [p / "shared" / "tools" for p in Path(__file__).resolve().parents]
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """One Pathfinder cache for the module (the mini set is generated once)."""
+    from vmamba.ops import scan_cpu
+
+    scan_cpu.load_extension()  # from the usual cache: under $VMAMBA_CACHE=tmp it would compile again (20 s)
     return tmp_path_factory.mktemp("cache")
 
 
