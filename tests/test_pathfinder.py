@@ -4,12 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vmamba.data.pathfinder import DATASETS, generate_pathfinder, load_pathfinder, marks_connected
+from vmamba.data.pathfinder import DATASETS, REACH, SPECS, generate_pathfinder, load_pathfinder, marks_connected
 
 
 @pytest.mark.parametrize("size", [32, 64])
 def test_same_seed_same_images_and_prefix_stable(size):
     x1, y1 = generate_pathfinder(8, size, seed=3)
+    assert x1.shape == (8, size, size)
     x2, y2 = generate_pathfinder(8, size, seed=3)
     x3, _ = generate_pathfinder(5, size, seed=3)
     x4, _ = generate_pathfinder(5, size, seed=4)
@@ -28,16 +29,26 @@ def test_labels_are_balanced():
 
 @pytest.mark.parametrize("size", [32, 64])
 def test_label_is_whether_the_marks_are_joined(size):
-    """Joined marks are connected through the dashes; separate ones never are, even though the
-    dash gaps are bridged (every curve keeps its distance from the others)."""
+    """Joined marks are connected along their curve; separate ones never are, even though dash
+    gaps are bridged (every curve keeps its distance from the others)."""
     x, y, marks = generate_pathfinder(40 if size == 32 else 16, size, seed=1, return_marks=True)
     for img, label, (a, b) in zip(x, y, marks):
         assert img[tuple(a)] == 255 and img[tuple(b)] == 255  # marks are drawn
-        assert marks_connected(img, a, b) == bool(label)
-        assert not marks_connected(img, a, b, reach=1) or label == 1  # dashes: not solid lines
-    # dashed: along a joined curve the 1-pixel steps alone do not reach the other mark
+        assert marks_connected(img, a, b, reach=REACH * SPECS[size].scale) == bool(label)
     joined = [i for i in range(len(y)) if y[i] == 1]
-    assert not any(marks_connected(x[i], *marks[i], reach=1) for i in joined)
+    dashed = SPECS[size].dash < SPECS[size].length
+    # 1-pixel steps join the marks exactly when the curves are solid
+    assert all(marks_connected(x[i], *marks[i], reach=1) != dashed for i in joined)
+
+
+def test_mark_distance_gives_little_away():
+    """Both candidate mark pairs of an image are about equally far apart (``match``), so the
+    straight-line distance between the marks is no shortcut to the label."""
+    _, y, marks = generate_pathfinder(200, 32, seed=3, return_marks=True)
+    d = np.hypot(*(marks[:, 0] - marks[:, 1]).T)
+    assert abs(d[y == 1].mean() - d[y == 0].mean()) < 1.0
+    best = max(max(((d < t) == y).mean(), ((d >= t) == y).mean()) for t in np.unique(d))
+    assert best < 0.66  # the best threshold on the distance, fitted on these very images (chance: about 0.57)
 
 
 def test_classes_do_not_differ_in_ink():

@@ -14,12 +14,16 @@ from vmamba.study.plans import PLANS, Plan, recipe
 from vmamba.study.report import mean_std
 from vmamba.study.runner import run_key
 
-SHIM = Path("/work/shared/tools")
+# The workplace's shim for a CUDA-only torchvision build next to a CPU torch, if it is around.
+SHIMS = [p / "shared" / "tools" for p in Path(__file__).resolve().parents]
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """One Pathfinder cache for the module (the mini set is generated once)."""
+    from vmamba.ops import scan_cpu
+
+    scan_cpu.load_extension()  # from the usual cache: under $VMAMBA_CACHE=tmp it would compile again (20 s)
     return tmp_path_factory.mktemp("cache")
 
 
@@ -28,9 +32,10 @@ def test_plans_cover_the_issue_and_check_their_arguments():
     scan = make_plan("scan", "quick")
     assert list(scan.configs) == ["cross2d", "bidi", "unidi"]
     assert [c["model_args"]["scan_mode"] for c in scan.configs.values()] == ["cross2d", "bidi", "unidi"]
-    assert scan.seeds == (0, 1, 2) and len(scan.runs()) == 9
-    comp = make_plan("components", "quick", seeds=2)
-    assert len(comp.configs) == 6 and comp.seeds == (0, 1)
+    assert scan.seeds == (0, 1) and len(scan.runs()) == 6
+    assert make_plan("scan").seeds == (0, 1, 2)  # full
+    comp = make_plan("components", "quick", seeds=3)
+    assert len(comp.configs) == 6 and comp.seeds == (0, 1, 2)
     changed = [{k: v for k, v in c["model_args"].items() if comp.configs["base"]["model_args"].get(k) != v}
                for c in comp.configs.values()]
     assert changed[0] == {} and all(len(c) == 1 for c in changed[1:])  # one factor at a time
@@ -91,7 +96,7 @@ def _tiny_plan(analyses=("flops", "erf", "erf_init", "resolution")) -> Plan:
     r.update(epochs=1, max_steps_per_epoch=2, batch_size=16)
     base = dict(model="vmamba_tiny_s1l8", model_args=dict(dims=8, depths=[1, 1, 1, 1]))
     configs = {"a": base, "b": dict(base, init_from="a")}
-    return Plan("tiny", "test plan", "does it run?", r, configs, (0, 1), analyses, "micro")
+    return Plan("tiny", "test plan", "does it run?", r, configs, (0,), analyses, "micro")
 
 
 @pytest.mark.slow
@@ -102,34 +107,63 @@ def test_study_runs_reports_skips_and_resumes(tmp_path, cache, monkeypatch, caps
     text = report.read_text()
     assert "| `a` |" in text and "| `b` |" in text and "+-" in text
     doc = json.loads((out / "results.json").read_text())
-    assert doc["summary"]["a"]["top1"]["n"] == 2 and len(doc["runs"]) == 4
+    assert doc["summary"]["a"]["top1"]["n"] == 1 and len(doc["runs"]) == 2
     assert {p for p in doc["plots"]} == {"accuracy.png", "erf_init.png", "erf.png", "resolution.png"}
     assert all((out / p).stat().st_size > 1000 for p in doc["plots"])
     assert [r["size"] for r in doc["summary"]["a"]["resolution"]] == [32, 64, 96, 128]
     for run in doc["runs"]:  # ordinary training runs
         assert {"last.pt", "best.pt", "model.safetensors", "metrics.jsonl", "erf.npy"} <= {
             p.name for p in Path(run["run_dir"]).iterdir()}
-    tuned = json.loads((Path(doc["runs"][2]["run_dir"]) / "config.json").read_text())
+    tuned = json.loads((Path(doc["runs"][1]["run_dir"]) / "config.json").read_text())
     assert tuned["model"].endswith("pretrained") and Path(tuned["model"]).is_dir()  # fine-tuned from a's run
     log = capsys.readouterr().out
-    assert "[study tiny 1/4] a seed 0: training" in log and "ETA" in log
+    assert "[study tiny 1/2] a seed 0: training" in log and "ETA" in log
 
     # a rerun trains nothing
     import vmamba.train
 
-    monkeypatch.setattr(vmamba.train, "train", lambda cfg: pytest.fail("a finished run was trained again"))
-    run_study(_tiny_plan(), out=out, runs=runs)
+    monkeypatch.setattr(vmamba.train, "train", lambda cfg, **kw: pytest.fail("a finished run was trained again"))
+    run_study(_tiny_plan(("flops",)), out=out, runs=runs)  # the analyses are not part of a run's identity
     assert "finished earlier, skipped training" in capsys.readouterr().out
     monkeypatch.undo()
     monkeypatch.setenv("VMAMBA_CACHE", str(cache))
 
     # a run cut before it finished resumes from its last.pt
-    cut = Path(doc["runs"][1]["run_dir"])
+    cut = Path(doc["runs"][0]["run_dir"])
     (cut / "study.json").unlink()
-    run_study(_tiny_plan(), out=out, runs=runs, threads=1)
+    run_study(_tiny_plan(("flops",)), out=out, runs=runs, threads=1)
     log = capsys.readouterr().out
-    assert "a seed 1: resuming" in log and "resumed from" in log
-    assert json.loads((out / "results.json").read_text())["runs"][1]["test_acc1"] == doc["runs"][1]["test_acc1"]
+    assert "a seed 0: resuming" in log and "resumed from" in log
+    assert json.loads((out / "results.json").read_text())["runs"][0]["test_acc1"] == doc["runs"][0]["test_acc1"]
+
+
+class _TinyPeer:
+    """A builder for a model vmamba's registry does not know (a stand-in for a timm peer)."""
+
+    def __call__(self, num_classes=2, in_chans=1, drop_path_rate=0.0, width=4):
+        import torch.nn as nn
+
+        net = nn.Sequential(nn.Conv2d(in_chans, width, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(width, num_classes))
+        net.num_classes, net.in_chans, net.config = num_classes, in_chans, dict(width=width)
+        return net
+
+
+@pytest.mark.slow
+def test_study_trains_its_own_builders_outside_the_registry(tmp_path, cache, monkeypatch):
+    import vmamba
+    from vmamba.study import peers
+
+    monkeypatch.setenv("VMAMBA_CACHE", str(cache))
+    monkeypatch.setitem(peers.BUILDERS, "study_tiny", _TinyPeer())
+    plan = _tiny_plan(("flops",))
+    plan.configs = {"tiny": dict(model="study_tiny", model_args=dict(width=6))}
+    plan.seeds = (0,)
+    run_study(plan, out=tmp_path / "report", runs=tmp_path / "runs", threads=1)
+    doc = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert doc["summary"]["tiny"]["top1"]["n"] == 1
+    assert doc["summary"]["tiny"]["params"] == (9 * 6 + 6) + (6 * 2 + 2)  # the builder's network, width 6
+    assert "study_tiny" not in vmamba.list_models()
 
 
 def test_cli_study_arguments(capsys):
@@ -141,13 +175,17 @@ def test_cli_study_arguments(capsys):
     with pytest.raises(SystemExit) as e:
         main(["study", "scan", "--source", "fashion-mnist", "--budget", "micro"])
     assert e.value.code == 2 and "--source applies to the transfer plan only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["study", "scan", "--preload", "no-such-file.py"])
+    assert e.value.code == 2 and "--preload no-such-file.py: no such file" in capsys.readouterr().err
 
 
 @pytest.fixture
 def timm_via_shim():
-    """timm imported through the test-only torchvision shim (this machine's torchvision is broken)."""
-    if str(SHIM) not in sys.path and SHIM.is_dir():
-        sys.path.insert(0, str(SHIM))
+    """timm, imported through the test-only torchvision shim where there is one."""
+    shim = next((s for s in SHIMS if (s / "torchvision_cpu_shim.py").is_file()), None)
+    if shim is not None and str(shim) not in sys.path:
+        sys.path.insert(0, str(shim))
     try:
         import torchvision_cpu_shim  # noqa: F401
     except ImportError:
@@ -160,16 +198,27 @@ def test_peers_are_built_at_the_same_flops(timm_via_shim):
     import torch
 
     from vmamba.analysis.erf import erf_map
-    from vmamba.models import create_model
-    from vmamba.study.peers import FLOP_TOLERANCE, PEERS, model_flops
+    from vmamba.study.peers import BUILDERS, FLOP_TOLERANCE, PEERS, model_flops
 
     plan = make_plan("peers", "quick")
     goal = model_flops(plan.configs["VMamba v2"]["model"], plan.configs["VMamba v2"]["model_args"], 32, 1)
     for name in PEERS:
         cfg = plan.configs[name]
         assert abs(model_flops(cfg["model"], cfg["model_args"], 32, 1) / goal - 1) <= FLOP_TOLERANCE
-        net = create_model(cfg["model"], **cfg["model_args"], num_classes=2, in_chans=1).eval()
+        net = BUILDERS[cfg["model"]](**cfg["model_args"], num_classes=2, in_chans=1).eval()
         assert net(torch.randn(2, 1, 32, 32)).shape == (2, 2)
         assert net(torch.randn(1, 1, 64, 64)).shape == (1, 2)  # other sizes too (resolution plan)
         assert net.forward_features(torch.randn(1, 1, 32, 32)).dim() == 4
         assert erf_map(net, [torch.randn(1, 64, 64)]).shape == (64, 64)
+
+
+def test_importing_the_study_leaves_the_model_registry_alone():
+    """The peers have their own builders; vmamba.list_models() is the zoo with or without vmamba.study."""
+    import subprocess
+
+    code = ("import vmamba; before = vmamba.list_models(); "
+            "import vmamba.study, vmamba.study.peers, vmamba.study.runner, vmamba.cli.study; "
+            "after = vmamba.list_models(); assert after == before, set(after) ^ set(before); "
+            "assert not vmamba.list_models('study_*'); print(len(after))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert int(out) > 0

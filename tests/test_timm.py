@@ -37,7 +37,7 @@ def test_zoo_through_timm():
     import vmamba
 
     vmamba.register_timm_models()
-    assert set(vmamba.models.ZOO) <= set(timm.list_models())  # the zoo (not models registered later, e.g. by vmamba.study)
+    assert set(vmamba.models.ZOO) <= set(timm.list_models())
     model = timm.create_model("vmamba_tiny_s1l8", num_classes=4, depths=(1, 1, 1, 1), dims=16)
     assert isinstance(model, vmamba.VSSM) and model(torch.randn(1, 3, 32, 32)).shape == (1, 4)
     feats = timm.create_model("vanilla_vmamba_tiny", features_only=True, out_indices=(2, 3),

@@ -20,13 +20,13 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("plan", choices=list(PLANS), help="the experiment plan")
     p.add_argument("--quick", action="store_const", const="quick", dest="budget",
-                   help="the quick budget: about 10 minutes a plan on 2 CPU cores")
+                   help="the quick budget: runs of about 80 s on one CPU core (scan: 8 minutes)")
     p.add_argument("--budget", choices=BUDGETS, default="full",
                    help="micro (smoke tests: a minute or two), quick (= --quick) or full (default)")
     p.add_argument("--out", metavar="DIR", help="report folder (default: outputs/study/PLAN)")
     p.add_argument("--runs", metavar="DIR", help="where the training runs are kept (default: runs/ next to the "
                                                  "report folder, shared by plans)")
-    p.add_argument("--seeds", type=int, help="seeds per configuration (default: 3; micro: 2)")
+    p.add_argument("--seeds", type=int, help="seeds per configuration (default: full 3, quick and micro 2)")
     p.add_argument("--data", help="train on this dataset instead of Pathfinder: a built-in name or an "
                                   "ImageFolder root (train/ and val/)")
     p.add_argument("--img-size", type=int, help="training size with --data")
@@ -34,10 +34,15 @@ def add_parser(sub) -> None:
     p.add_argument("--source", help="transfer: the dataset to pre-train on (default: fashion-mnist-subset)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: torch's default)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--preload", metavar="FILE",
+                   help="a Python file executed before timm is imported (a fix-up an installation needs)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import os
+    import runpy
+
     from ..study import run_study
     from ..study.peers import PeerUnavailable
     from ..train import DataError
@@ -47,6 +52,10 @@ def run(args) -> int:
         if args.plan != "transfer":
             raise UsageError(f"--source applies to the transfer plan only, not {args.plan!r}")
         data["source"] = args.source
+    if args.preload:
+        if not os.path.isfile(args.preload):
+            raise UsageError(f"--preload {args.preload}: no such file")
+        runpy.run_path(args.preload, run_name="__vmamba_preload__")
     try:
         run_study(args.plan, budget=args.budget or "full", out=args.out, runs=args.runs, seeds=args.seeds,
                   threads=args.threads, device=args.device, **data)

@@ -1,16 +1,17 @@
 """Pathfinder-style images, generated deterministically from a seed (no download).
 
-As in the Long Range Arena's Pathfinder task: an image holds a few dashed curves and two
-marked end points (3x3 squares); the label says whether the two marks lie on the same curve
-(1, "joined") or on two different curves (0). Every image has the same number of curves of the
-same length whatever its label, so ink and curve counts give nothing away; only following a
-curve from one mark to the other answers the question, which a small local model struggles to
-do while a model with a global, direction-aware view can.
+As in the Long Range Arena's Pathfinder task: an image holds a few curves and two marked end
+points (3x3-cell squares); the label says whether the two marks lie on the same curve (1,
+"joined") or on two different curves (0). Every image has the same number of curves of the
+same length whatever its label, and (with ``match``) both candidate mark pairs are about equally
+far apart, so ink, curve counts and the marks' distance give nothing away; only following a
+curve from one mark to the other answers the question.
 
-Curves keep a clear gap of at least ``SEPARATION - 1`` pixels from each other, and the dashes
-leave gaps of one pixel, so "joined" is exactly "the two marks are connected when pixels at
-most 2 apart (Chebyshev) count as neighbours": :func:`marks_connected` checks that, and the
-tests check every label against it.
+Curves are drawn on a grid of cells (``scale`` pixels a side each) and keep a clear gap of at
+least ``SEPARATION - 1`` cells from each other; dashes (where used) leave gaps of one cell. So
+"joined" is exactly "the two marks are connected when pixels at most ``REACH * scale`` apart
+(Chebyshev) count as neighbours": :func:`marks_connected` checks that, and the tests check
+every label against it.
 
 Image ``i`` of a split depends only on ``(seed, i)``, so a larger set starts with the smaller one.
 """
@@ -25,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-SEPARATION = 3  # minimum Chebyshev distance between pixels (marks included) of different curves
-REACH = 2  # neighbourhood radius that bridges a dash gap but never the gap between curves
+SEPARATION = 3  # minimum Chebyshev distance between cells (marks included) of different curves
+REACH = 2  # neighbourhood radius (cells) that bridges a dash gap but never the gap between curves
 CLASSES = ["separate", "joined"]
 
 
@@ -34,22 +35,31 @@ CLASSES = ["separate", "joined"]
 class PathfinderSpec:
     """How one size of the task is drawn."""
 
-    size: int  # image side in pixels
-    length: int  # pixels per curve (before dashing)
+    size: int  # side of the drawing grid in cells (the image is ``size * scale`` pixels)
+    length: int  # cells per curve (before dashing)
     curves: int  # curves per image: the two that carry the marks plus distractors
-    dash: int  # visible pixels per dash; each dash is followed by a one-pixel gap
+    dash: int  # visible cells per dash, each followed by a one-cell gap (dash >= length: solid)
     turn: float = 0.35  # standard deviation of the direction change per step (radians)
+    match: float | None = None  # if set: both candidate mark pairs lie this close in distance (cells)
+    scale: int = 1  # pixels per cell side: each cell becomes a scale x scale block
+
+    @property
+    def side(self) -> int:
+        """The image side in pixels."""
+        return self.size * self.scale
 
 
-SPECS = {
-    32: PathfinderSpec(size=32, length=20, curves=3, dash=3),
+SPECS = {  # by image side
+    # Two solid curves on a 16x16 grid drawn at 2x2 pixels a cell: learnable by small patch-4
+    # models within minutes on a CPU (the 1-pixel dashed version kept them at chance).
+    32: PathfinderSpec(size=16, length=10, curves=2, dash=10, match=1.0, scale=2),
     64: PathfinderSpec(size=64, length=44, curves=5, dash=4),
 }
 # Built-in dataset names: name -> (image side, training images, test images).
-DATASETS = {"pathfinder32": (32, 20_000, 2_000), "pathfinder64": (64, 10_000, 2_000),
+DATASETS = {"pathfinder32": (32, 16_000, 2_000), "pathfinder64": (64, 10_000, 2_000),
             "pathfinder32-mini": (32, 400, 100)}
 TRAIN_SEED, TEST_SEED = 1000, 2000
-VERSION = 1  # bump when the drawing changes, so cached sets are regenerated
+VERSION = 2  # bump when the drawing changes, so cached sets are regenerated
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -68,9 +78,10 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
 
 
 def _grow_curve(rng: np.random.Generator, spec: PathfinderSpec, forbidden: np.ndarray, marked: bool,
-                tries: int = 64) -> np.ndarray | None:
+                tries: int = 64, end_near=None) -> np.ndarray | None:
     """(spec.length, 2) pixels of a smooth random curve clear of ``forbidden`` and 2 px of border,
     never touching itself (and, when ``marked``, with room for a mark at each end), or None.
+    ``end_near=(point, distance, tolerance)``: the last pixel must lie that far from ``point``.
 
     ``tries`` candidates are drawn at once and the first that fits is kept. Each step moves one
     pixel along the dominant axis, so consecutive pixels are 8-neighbours and never equal.
@@ -91,6 +102,9 @@ def _grow_curve(rng: np.random.Generator, spec: PathfinderSpec, forbidden: np.nd
         near = _dilate(forbidden, 1)
         for end in (0, -1):
             ok &= ~near[clipped[:, end, 0], clipped[:, end, 1]]
+    if end_near is not None:
+        point, distance, tol = end_near
+        ok &= np.abs(np.hypot(*(path[:, -1] - np.asarray(point)).T) - distance) <= tol
     good = np.flatnonzero(ok)
     return path[good[0]] if len(good) else None
 
@@ -100,13 +114,16 @@ def _mark(mask: np.ndarray, p) -> None:
 
 
 def draw_pathfinder(spec: PathfinderSpec, label: int, rng: np.random.Generator) -> tuple[np.ndarray, list]:
-    """One image (uint8, spec.size squared) and the two mark centres; ``label`` 1 = joined."""
+    """One image (uint8, ``spec.side`` squared) and the two mark centres (pixels); ``label`` 1 = joined."""
     while True:  # restart the image when a curve finds no room
         forbidden = np.zeros((spec.size, spec.size), bool)
         curves = []
         for c in range(spec.curves):
+            near = None
+            if c == 1 and spec.match is not None:  # the "separate" pair as far apart as the "joined" one
+                near = (curves[0][0], float(np.hypot(*(curves[0][-1] - curves[0][0]))), spec.match)
             for _ in range(4):
-                pixels = _grow_curve(rng, spec, forbidden, marked=c < 2)
+                pixels = _grow_curve(rng, spec, forbidden, marked=c < 2, end_near=near)
                 if pixels is not None:
                     break
             else:
@@ -126,6 +143,9 @@ def draw_pathfinder(spec: PathfinderSpec, label: int, rng: np.random.Generator) 
     marks = [tuple(curves[0][0]), tuple(curves[0][-1] if label == 1 else curves[1][-1])]
     for p in marks:
         image[p[0] - 1:p[0] + 2, p[1] - 1:p[1] + 2] = 255
+    if spec.scale > 1:
+        image = np.kron(image, np.ones((spec.scale, spec.scale), np.uint8))
+        marks = [(p[0] * spec.scale, p[1] * spec.scale) for p in marks]
     return image, marks
 
 
@@ -138,7 +158,7 @@ def generate_pathfinder(n: int, size: int = 32, seed: int = 0, return_marks: boo
     if size not in SPECS:
         raise ValueError(f"Pathfinder size {size} is not available; choose one of {sorted(SPECS)}")
     spec = SPECS[size]
-    images = np.empty((n, size, size), np.uint8)
+    images = np.empty((n, spec.side, spec.side), np.uint8)
     labels = np.arange(n) % 2  # alternate: exactly balanced for even n
     marks = np.empty((n, 2, 2), np.int64)
     for i in range(n):
@@ -149,7 +169,8 @@ def generate_pathfinder(n: int, size: int = 32, seed: int = 0, return_marks: boo
 
 
 def marks_connected(image: np.ndarray, a, b, reach: int = REACH) -> bool:
-    """Whether ink pixels lead from ``a`` to ``b`` in steps of at most ``reach`` (Chebyshev)."""
+    """Whether ink pixels lead from ``a`` to ``b`` in steps of at most ``reach`` (Chebyshev).
+    For a set drawn at ``scale`` pixels a cell, ``REACH * scale`` is the reach that labels it."""
     ink = image > 0
     h, w = ink.shape
     seen = np.zeros_like(ink)

@@ -52,7 +52,7 @@ def num_classes(run_dir: Path) -> int:
 
 def build(cfg: TrainConfig, classes: int, seed: int | None = None) -> torch.nn.Module:
     """The run's network, freshly initialised (from ``seed`` when given), in eval mode on CPU."""
-    from ..train.engine import build_model
+    from .peers import build_model
 
     if seed is not None:
         torch.manual_seed(seed)

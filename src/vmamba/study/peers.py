@@ -1,18 +1,19 @@
 """timm's ResNet, ConvNeXt, DeiT and Swin as small peers of VMamba, built at equal FLOPs.
 
 The ``peers``, ``resolution`` and ``erf`` plans need timm importable (``pip install timm``);
-without it they stop with :class:`PeerUnavailable`. Importing this module registers the
-builders ``study_resnet``, ``study_convnext``, ``study_deit`` and ``study_swin`` with vmamba's
-model registry, so that each peer trains as an ordinary ``vmamba train`` run. One ``width``
-sets each peer's size; :func:`peer_config` picks the width whose FLOPs at the training size
-come closest to a VMamba's (within 10%, else an error).
+without it they stop with :class:`PeerUnavailable`. The peers ``study_resnet``,
+``study_convnext``, ``study_deit`` and ``study_swin`` live in this module's own
+:data:`BUILDERS`, not in vmamba's model registry (``vmamba.list_models()`` does not change);
+each trains as an ordinary training run whose network :func:`build_model` builds. One
+``width`` sets each peer's size; :func:`peer_config` picks the width whose FLOPs at the
+training size come closest to a VMamba's (within 10%, else an error).
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn as nn
-
-from ..models.registry import register_model
 
 FLOP_TOLERANCE = 0.10
 PEERS = {"ResNet": "study_resnet", "ConvNeXt": "study_convnext", "DeiT": "study_deit", "Swin": "study_swin"}
@@ -39,8 +40,8 @@ def _timm():
         import timm  # noqa: F401
         from timm.models import convnext, resnet, swin_transformer, vision_transformer
     except Exception as e:  # timm raises whatever its torchvision import raises
-        raise PeerUnavailable(f"the peers, resolution and erf plans need timm importable (pip install timm); "
-                              f"importing it failed: {type(e).__name__}: {e}") from e
+        raise PeerUnavailable(f"the peers, resolution and erf plans need timm importable (pip install timm; "
+                              f"--preload FILE runs a fix-up first); importing it failed: {type(e).__name__}: {e}") from e
     return resnet, convnext, vision_transformer, swin_transformer
 
 
@@ -98,27 +99,29 @@ def build_peer(kind: str, width: int = 16, num_classes: int = 2, in_chans: int =
                                      img_size=img_size, drop_path_rate=drop_path_rate))
 
 
-def _register(kind: str) -> None:
-    def builder(pretrained: bool = False, **kwargs) -> PeerModel:
-        if pretrained:
-            raise ValueError(f"{kind}: no pretrained weights")
-        return build_peer(kind, **kwargs)
-
-    builder.__name__ = builder.__qualname__ = kind
-    builder.__doc__ = f"timm peer for vmamba.study ({kind[6:]}), built at a given width."
-    register_model(builder)
+BUILDERS = {kind: partial(build_peer, kind) for kind in PEERS.values()}  # name -> builder(**model_args)
 
 
-for _kind in PEERS.values():
-    _register(_kind)
+def build_model(cfg, num_classes: int) -> nn.Module:
+    """The network of a study run (a :class:`vmamba.train.TrainConfig`): a peer of
+    :data:`BUILDERS`, else the registered vmamba model (:func:`vmamba.train.engine.build_model`)."""
+    if cfg.model not in BUILDERS:
+        from ..train.engine import build_model as build_registered
+
+        return build_registered(cfg, num_classes)
+    kwargs = dict(cfg.model_args, num_classes=num_classes, in_chans=cfg.in_chans)
+    if cfg.drop_path >= 0:
+        kwargs["drop_path_rate"] = cfg.drop_path
+    return BUILDERS[cfg.model](**kwargs)
 
 
 def model_flops(model: str, model_args: dict, img_size: int, in_chans: int, num_classes: int = 2) -> float:
-    """FLOPs (paper convention) of a registered model at ``img_size``."""
+    """FLOPs (paper convention) of a peer or a registered model at ``img_size``."""
     from ..analysis.flops import count_flops
     from ..models.registry import create_model
 
-    net = create_model(model, **model_args, num_classes=num_classes, in_chans=in_chans)
+    build = BUILDERS.get(model) or (lambda **kw: create_model(model, **kw))
+    net = build(**model_args, num_classes=num_classes, in_chans=in_chans)
     return count_flops(net, (img_size, img_size)).flops
 
 

@@ -111,6 +111,7 @@ def run_plan(plan: Plan, runs_root: str | os.PathLike, threads: int = 0, device:
     """Train (or skip, or resume) every run of ``plan`` and run its analyses; the results per run."""
     from ..train import make_config, train
     from . import analyses
+    from .peers import BUILDERS, build_model
 
     runs_root = Path(runs_root)
     order = plan.runs()
@@ -126,7 +127,9 @@ def run_plan(plan: Plan, runs_root: str | os.PathLike, threads: int = 0, device:
             options.update(model=str(export_pretrained(src_dir)), model_args={})
             extra = src_dir.parent.name
         preset = options.pop("preset", "default")
-        cfg = make_config(preset, **options, seed=seed, threads=threads, device=device, out=str(runs_root))
+        peer = options["model"] in BUILDERS  # built by the study, not vmamba's model registry
+        cfg = make_config(preset, check_model=not peer, **options, seed=seed, threads=threads, device=device,
+                          out=str(runs_root))
         run_dir = runs_root / run_key(label, cfg.to_dict(), extra) / f"seed{seed}"
         run_dirs[(label, seed)] = run_dir
         remaining = [lab for lab, _ in order[i - 1:]]
@@ -136,7 +139,7 @@ def run_plan(plan: Plan, runs_root: str | os.PathLike, threads: int = 0, device:
             resume = "auto" if (run_dir / "last.pt").is_file() and _load_json(run_dir / "config.json") else ""
             progress.started(i, label, seed, remaining, "resuming" if resume else "training")
             cfg.out, cfg.resume = str(run_dir), resume
-            out = train(cfg)
+            out = train(cfg, build=build_model if peer else None)
             result = dict(label=label, seed=seed, run_dir=str(run_dir), options=_jsonable(options),
                           test_acc1=out["acc1"], test_acc5=out["acc5"], split=out.get("split", "val"),
                           val_acc1=out.get("val_acc1"), epochs=out["epochs"], weights=out["weights"],

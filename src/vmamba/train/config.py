@@ -181,11 +181,12 @@ def load_config_file(path: str | Path) -> dict:
     return values
 
 
-def make_config(preset: str = "default", config_file: str | None = None, **overrides) -> TrainConfig:
+def make_config(preset: str = "default", config_file: str | None = None, check_model: bool = True,
+                **overrides) -> TrainConfig:
     """A :class:`TrainConfig` from a preset, an optional config file and keyword overrides.
 
-    Every value is checked (:func:`validate`); a bad one raises :class:`ConfigError` naming the
-    flag, the value and what is allowed.
+    Every value is checked (:func:`validate`; the model only with ``check_model``); a bad one
+    raises :class:`ConfigError` naming the flag, the value and what is allowed.
     """
     if preset not in PRESETS:
         raise ConfigError(f"--preset {preset!r}: unknown; choose from {sorted(PRESETS)}")
@@ -201,7 +202,7 @@ def make_config(preset: str = "default", config_file: str | None = None, **overr
         raise ConfigError(f"unknown training option(s) {unknown}; see `vmamba train --help`")
     cfg = TrainConfig(**values)
     _coerce(cfg)
-    validate(cfg)
+    validate(cfg, check_model)
     return cfg
 
 
@@ -301,9 +302,10 @@ RULES = {
 }
 
 
-def validate(cfg: TrainConfig) -> None:
+def validate(cfg: TrainConfig, check_model: bool = True) -> None:
     """Check every option before any work starts; raises :class:`ConfigError` naming the flag,
-    its value and what is allowed."""
+    its value and what is allowed. ``check_model=False`` leaves ``model`` and ``model_args`` to
+    a builder of the caller's (see :func:`vmamba.train.train`)."""
     for name, (test, allowed) in RULES.items():
         value = getattr(cfg, name)
         if isinstance(value, float) and math.isnan(value) or not test(value):
@@ -318,7 +320,8 @@ def validate(cfg: TrainConfig) -> None:
             parse_randaugment(cfg.randaugment)
         except ValueError as e:
             raise ConfigError(f"--randaugment {cfg.randaugment!r}: {e}") from None
-    _check_model(cfg)
+    if check_model:
+        _check_model(cfg)
     check_device(cfg.device)
     _check_data(cfg.data)
 
@@ -333,7 +336,7 @@ def _check_model(cfg: TrainConfig) -> None:
 
     if cfg.model not in list_models() and not (Path(cfg.model) / "config.json").is_file():  # or a saved folder
         raise _bad("model", cfg.model, f"one of {', '.join(list_models())}")
-    if cfg.model not in ZOO:  # other registered builders (vmamba.study's peers) and saved folders check their own
+    if cfg.model not in ZOO:  # other registered builders and saved folders check their own
         return
     fixed = {"num_classes", "in_chans", "drop_path_rate"}  # set from the data and --drop-path
     allowed = sorted(set(inspect.signature(VSSM.__init__).parameters) - {"self"} - fixed)

@@ -282,15 +282,18 @@ class Run:
     record: dict = dataclasses.field(default_factory=dict)  # the last epoch's metrics
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, build=None) -> dict:
     """Run a training job (see :class:`TrainConfig`); returns the final metrics and output paths.
+
+    ``build(cfg, num_classes)``, when given, builds the network instead of the model registry
+    (``cfg.model`` then only names it): how :mod:`vmamba.study` trains its timm peers.
 
     Writes to ``cfg.out`` (rank 0 only, holding ``cfg.out/.lock`` meanwhile): ``last.pt`` and
     ``best.pt`` (full training state, written atomically every epoch), ``model.safetensors``
     (the selected weights + metadata), ``metrics.jsonl``/``metrics.csv``, ``curves.png``,
     ``config.json`` and ``result.json`` (the final numbers).
     """
-    validate(cfg)  # make_config did; a TrainConfig built by hand is checked here
+    validate(cfg, check_model=build is None)  # make_config did; a TrainConfig built by hand is checked here
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = dist.init_distributed(cfg.device)
@@ -300,14 +303,14 @@ def train(cfg: TrainConfig) -> dict:
             message = lock.acquire()  # also finds an unwritable --out before any work
             if message:
                 print(message)
-        return _train(cfg, device)
+        return _train(cfg, device, build or build_model)
     finally:
         if lock is not None:
             lock.release()
         dist.cleanup()
 
 
-def _train(cfg: TrainConfig, device: torch.device) -> dict:
+def _train(cfg: TrainConfig, device: torch.device, build) -> dict:
     out = Path(cfg.out)
     say = print if dist.is_main() else (lambda *a, **k: None)
     seed = cfg.seed + dist.rank()
@@ -315,7 +318,7 @@ def _train(cfg: TrainConfig, device: torch.device) -> dict:
 
     ckpt = resume_checkpoint(cfg)  # refusals (a run already there, weights only) before any work
     classes = class_names(cfg.data)
-    model = build_checked_model(cfg, len(classes)).to(device)  # bad --model-args fail before the data loads
+    model = build_checked_model(cfg, len(classes), build).to(device)  # bad --model-args fail before the data loads
     data = make_loaders(cfg, device)
     if cfg.train_images > 0:  # an image budget: the same work whatever the dataset's size
         cfg = dataclasses.replace(cfg, epochs=max(1, round(cfg.train_images / len(data.train))), train_images=0)
@@ -366,10 +369,10 @@ def steps_per_epoch(cfg: TrainConfig, loader) -> int:
     return len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
 
 
-def build_checked_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """:func:`build_model`, with a constructor's refusal reported against ``--model-args``."""
+def build_checked_model(cfg: TrainConfig, num_classes: int, build=build_model) -> nn.Module:
+    """``build`` (:func:`build_model`), with a constructor's refusal reported against ``--model-args``."""
     try:
-        return build_model(cfg, num_classes)
+        return build(cfg, num_classes)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"--model {cfg.model} --model-args {json.dumps(cfg.model_args)}: {e}") from None
 
