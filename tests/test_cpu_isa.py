@@ -162,3 +162,21 @@ def test_forced_isa_builds_match_the_reference(isa):
     if platform.machine().lower() in ("x86_64", "amd64"):
         assert facts["lanes"] == {"avx512": 16, "avx2": 8, "generic": 4}[isa]
     assert max(facts["errors"]) <= 2e-5, facts
+
+
+@pytest.mark.skipif(not scan_cpu.is_available(), reason="no C++ toolchain for the CPU kernel")
+def test_another_checkout_of_the_same_source_reuses_the_cached_build(tmp_path):
+    import shutil
+
+    build = Path(scan_cpu.extension_info()["build_dir"])
+    library = next(build.glob("*.so"))
+    built_at = library.stat().st_mtime_ns
+    shutil.copytree(Path(scan_cpu.__file__).parents[1], tmp_path / "vmamba")
+    code = ("import vmamba.ops.scan_cpu as s; assert s.load_extension() is not None; "
+            "print(s.__file__); print(s.extension_info()['build_dir'])")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    where, used = out.stdout.split()[-2:]
+    assert where.startswith(str(tmp_path)) and used == str(build)
+    assert library.stat().st_mtime_ns == built_at  # loaded, not rebuilt

@@ -208,6 +208,17 @@ def build_lock(build: Path):
                 msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
 
 
+def _source_in(build: Path) -> Path:
+    """The kernel source, copied into its build directory (the key covers its content): the
+    build records its source's path, so compiling the package's own file would rebuild the
+    cached kernel whenever another installation or checkout of the same source loads it."""
+    copy = build / _SOURCE.name
+    text = _SOURCE.read_bytes()
+    if not copy.is_file() or copy.read_bytes() != text:
+        copy.write_bytes(text)
+    return copy
+
+
 def load_extension():
     """The compiled kernel module (built on the first call, then cached); None if it cannot be built.
 
@@ -233,7 +244,7 @@ def load_extension():
                     with warnings.catch_warnings(), build_lock(build):
                         warnings.simplefilter("ignore")
                         cpp_extension.load(
-                            name=f"vmamba_cpu_scan_{key}_{i}", sources=[str(_SOURCE)],
+                            name=f"vmamba_cpu_scan_{key}_{i}", sources=[str(_source_in(build))],
                             extra_cflags=cflags, extra_ldflags=ldflags, build_directory=str(build),
                             verbose=False, is_python_module=False,
                         )
