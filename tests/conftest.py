@@ -1,6 +1,8 @@
 """Shared fixtures: golden reference data, small random scan inputs, tiny image folders."""
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,29 @@ import torch
 GOLDEN = Path(__file__).parent / "data" / "golden"
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def import_timm():
+    """timm, or a skip: it imports torchvision, which on a CPU-only torch build may need the
+    workplace's test-only shim (``shared/tools/torchvision_cpu_shim.py`` above the checkout)."""
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm not installed (optional extra)")
+    shim = next((p / "shared" / "tools" for p in Path(__file__).resolve().parents
+                 if (p / "shared" / "tools" / "torchvision_cpu_shim.py").is_file()), None)
+    if shim is not None and str(shim) not in sys.path:
+        sys.path.insert(0, str(shim))
+        __import__("torchvision_cpu_shim")
+    try:
+        import timm
+    except Exception as e:  # noqa: BLE001 - timm raises whatever its torchvision import raises
+        pytest.skip(f"timm does not import here: {e}")
+    return timm
+
+
+@pytest.fixture
+def timm_module():
+    """:func:`import_timm` as a fixture."""
+    return import_timm()
 
 
 def load_golden(name: str) -> dict:

@@ -3,8 +3,6 @@ shapes, mixed precision without NaN, save_pretrained round trips, the export com
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -273,14 +271,8 @@ def test_every_zoo_model_has_a_pretrained_cfg():
         assert cfg["interpolation"] == "bicubic" and len(cfg["mean"]) == len(cfg["std"]) == 3
 
 
-def test_timm_loads_a_save_pretrained_folder(tmp_path):
-    shim = next((p / "shared" / "tools" for p in Path(__file__).resolve().parents
-                 if (p / "shared" / "tools" / "torchvision_cpu_shim.py").is_file()), None)
-    if shim is None:
-        pytest.skip("torchvision CPU shim not found")
-    sys.path.insert(0, str(shim))
-    __import__("torchvision_cpu_shim")
-    timm = pytest.importorskip("timm")
+def test_timm_loads_a_save_pretrained_folder(tmp_path, timm_module):
+    timm = timm_module
     vmamba.register_timm_models()
     model = tiny("vmamba_tiny_s1l8").eval()
     folder = vmamba.save_pretrained(model, tmp_path / "m")

@@ -14,8 +14,6 @@ from vmamba.study.plans import PLANS, Plan, recipe
 from vmamba.study.report import mean_std
 from vmamba.study.runner import run_key
 
-# The workplace's shim for a CUDA-only torchvision build next to a CPU torch, if it is around.
-SHIMS = [p / "shared" / "tools" for p in Path(__file__).resolve().parents]
 
 
 @pytest.fixture(scope="module")
@@ -180,21 +178,8 @@ def test_cli_study_arguments(capsys):
     assert e.value.code == 2 and "--preload no-such-file.py: no such file" in capsys.readouterr().err
 
 
-@pytest.fixture
-def timm_via_shim():
-    """timm, imported through the test-only torchvision shim where there is one."""
-    shim = next((s for s in SHIMS if (s / "torchvision_cpu_shim.py").is_file()), None)
-    if shim is not None and str(shim) not in sys.path:
-        sys.path.insert(0, str(shim))
-    try:
-        import torchvision_cpu_shim  # noqa: F401
-    except ImportError:
-        pass
-    return pytest.importorskip("timm")
-
-
 @pytest.mark.slow
-def test_peers_are_built_at_the_same_flops(timm_via_shim):
+def test_peers_are_built_at_the_same_flops(timm_module):
     import torch
 
     from vmamba.analysis.erf import erf_map

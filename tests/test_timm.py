@@ -1,39 +1,15 @@
 """The optional timm integration (skipped when timm is not installed)."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-# The workplace's shim for the registry's CUDA-only torchvision build, if it is around.
-SHIMS = [p / "shared" / "tools" for p in Path(__file__).resolve().parents]
 
-
-def _import_timm():
-    """timm imports torchvision, which needs a CPU shim next to a CPU-only torch build."""
-    if importlib.util.find_spec("timm") is None:
-        pytest.skip("timm not installed (optional extra)")
-    for shim in SHIMS:
-        if (shim / "torchvision_cpu_shim.py").is_file() and str(shim) not in sys.path:
-            sys.path.insert(0, str(shim))
-            break
-    try:
-        import torchvision_cpu_shim  # noqa: F401
-    except ImportError:
-        pass
-    try:
-        import timm
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"timm does not import here: {e}")
-    return timm
-
-
-def test_zoo_through_timm():
-    timm = _import_timm()
+def test_zoo_through_timm(timm_module):
+    timm = timm_module
     import vmamba
 
     vmamba.register_timm_models()
