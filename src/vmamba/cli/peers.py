@@ -5,6 +5,7 @@ import os
 import sys
 
 from . import UsageError
+from .validate import add_preload, check_preload
 
 QUICK = dict(sizes=[224], batch=[1], rounds=3)
 DEFAULTS = dict(sizes=[224, 512, 1024], batch=[1, 8], threads=[1, 2], rounds=5)
@@ -42,8 +43,7 @@ def add_parser(sub) -> None:
                    help="skip the peak-memory probes (one fresh process per model, size, batch and step kind)")
     p.add_argument("--quick", action="store_true",
                    help="224 px, batch 1, 3 rounds (flags given explicitly still apply)")
-    p.add_argument("--preload", metavar="FILE",
-                   help="a Python file executed before timm is imported (a fix-up an installation needs)")
+    add_preload(p)
     p.add_argument("--json", metavar="FILE", help="write machine, settings, results, ratios and exponents as JSON")
     p.add_argument("--csv", metavar="FILE", help="write one row per model and configuration as CSV")
     p.set_defaults(func=run)
@@ -71,8 +71,7 @@ def resolve(args) -> dict:
         raise UsageError(f"--warmup {args.warmup}: must be 0 or more")
     if args.max_pixels < 0:
         raise UsageError(f"--max-pixels {args.max_pixels}: must be 0 (no limit) or more")
-    if args.preload and not os.path.isfile(args.preload):
-        raise UsageError(f"--preload {args.preload}: no such file")
+    check_preload(args.preload)
     from ..models import is_model, list_models
 
     unknown = [m for m in args.models if not is_model(m)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from . import UsageError
+from .validate import add_preload, check_preload
 
 
 def add_parser(sub) -> None:
@@ -34,13 +35,11 @@ def add_parser(sub) -> None:
     p.add_argument("--source", help="transfer: the dataset to pre-train on (default: fashion-mnist-subset)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: torch's default)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    p.add_argument("--preload", metavar="FILE",
-                   help="a Python file executed before timm is imported (a fix-up an installation needs)")
+    add_preload(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import os
     import runpy
 
     from ..study import run_study
@@ -52,9 +51,8 @@ def run(args) -> int:
         if args.plan != "transfer":
             raise UsageError(f"--source applies to the transfer plan only, not {args.plan!r}")
         data["source"] = args.source
+    check_preload(args.preload)
     if args.preload:
-        if not os.path.isfile(args.preload):
-            raise UsageError(f"--preload {args.preload}: no such file")
         runpy.run_path(args.preload, run_name="__vmamba_preload__")
     try:
         run_study(args.plan, budget=args.budget or "full", out=args.out, runs=args.runs, seeds=args.seeds,

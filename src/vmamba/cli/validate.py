@@ -83,6 +83,20 @@ def json_object(text: str) -> dict:
     return value
 
 
+def add_preload(parser) -> None:
+    """The ``--preload FILE`` option of the commands that import timm (check it with :func:`check_preload`)."""
+    parser.add_argument("--preload", metavar="FILE",
+                        help="a Python file executed before timm is imported (a fix-up an installation needs)")
+
+
+def check_preload(path: str | None) -> None:
+    """``--preload``'s file exists (or none was given); :class:`vmamba.cli.UsageError` otherwise."""
+    from . import UsageError
+
+    if path and not os.path.isfile(path):
+        raise UsageError(f"--preload {path}: no such file")
+
+
 def check_output_file(path: str | os.PathLike, flag: str) -> Path:
     """Make sure ``path`` can be written (its folder created if needed) before the work that
     produces it; returns it. Raises :class:`vmamba.cli.UsageError` naming ``flag`` and the path."""
