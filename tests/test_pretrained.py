@@ -262,10 +262,8 @@ def test_torch_hub_load(hub_env):
     same(model.eval(), models["model"])
 
 
-def test_timm_create_model_with_tags(hub_env):
-    from test_timm import _import_timm
-
-    timm = _import_timm()
+def test_timm_create_model_with_tags(hub_env, timm_module):
+    timm = timm_module
     vmamba.register_timm_models()
     assert "vmamba_tiny_s1l8.in1k" in timm.list_models(pretrained=True)
     body, models = authors_file("vmamba_tiny_s1l8")
