@@ -27,7 +27,7 @@ def fake_models(monkeypatch):
     """Every model name builds a tiny CNN; timm 'imports' as a stand-in; no kernel build."""
     built = []
 
-    def build(name, size, timm=None):
+    def build(name, size, timm=None, peer_linear="timm"):
         if name == "fixed_size" and size != 32:
             raise ValueError("img_size must be 32")
         built.append((name, size))
@@ -128,7 +128,7 @@ def test_timm_that_fails_to_import_is_reported_and_zoo_models_still_run(tmp_path
     assert timm is None
     assert why == "timm is installed but does not import: RuntimeError: operator torchvision::nms does not exist"
 
-    monkeypatch.setattr(peers, "build_model", lambda name, size, timm=None: tiny_model())
+    monkeypatch.setattr(peers, "build_model", lambda name, size, timm=None, peer_linear="timm": tiny_model())
     monkeypatch.setattr(peers, "_kernel_build", lambda: {"lanes": 8})
     monkeypatch.delitem(sys.modules, "timm", raising=False)
     run = peers.run_peers(zoo=["vmamba_tiny_s1l8"], peers=["swin_tiny"], sizes=[32], batches=[1], threads=[1],
@@ -199,6 +199,34 @@ def test_cli_writes_json_and_csv(tmp_path, capsys, fake_models):
         table = list(csv.DictReader(f))
     assert len(table) == 6 and table[0]["cpu"] == data["machine"]["cpu"]
     assert math.isclose(float(table[0]["img_per_s"]), data["results"][0]["img_per_s"])
+
+
+def test_peer_linear_reaches_the_peers_and_the_report(monkeypatch, capsys, fake_models):
+    calls = []
+    build = peers.build_model
+    monkeypatch.setattr(peers, "build_model",
+                        lambda name, size, timm=None, peer_linear="timm": calls.append((name, peer_linear))
+                        or build(name, size, timm))
+    assert main(["peers", "--sizes", "32", "--threads", "1", "--rounds", "1", "--warmup", "0", "--modes", "infer",
+                 "--batch", "1", "--models", "vmamba_tiny_s1l8", "--peers", "swin_tiny", "--no-memory",
+                 "--peer-linear", "vmamba"]) == 0
+    printed = capsys.readouterr().out
+    assert "dense layers (CPU fp32): " in printed
+    assert "peers' dense layers: vmamba's engine (--peer-linear vmamba)" in printed
+    assert ("swin_tiny", "vmamba") in calls
+    with pytest.raises(ValueError, match="peer_linear='mkl'"):
+        peers.run_peers(zoo=["vmamba_tiny_s1l8"], peers=[], peer_linear="mkl")
+
+
+def test_peer_linear_vmamba_converts_a_timm_models_linears(timm_module):
+    from vmamba.ops import Linear
+
+    stock = peers.build_model("deit_tiny_patch16_224", 32, timm_module)
+    routed = peers.build_model("deit_tiny_patch16_224", 32, timm_module, peer_linear="vmamba")
+    assert any(type(m) is nn.Linear for m in stock.modules())
+    assert not any(type(m) is nn.Linear for m in routed.modules())
+    assert sum(type(m) is Linear for m in routed.modules()) == sum(type(m) is nn.Linear for m in stock.modules())
+    assert list(routed.state_dict()) == list(stock.state_dict())
 
 
 def test_peak_memory_here_counts_the_step():

@@ -18,6 +18,11 @@ Peers come from timm (``pretrained=False``; DeiT and Swin are built for the inpu
 need). timm may be installed but fail to import (e.g. a torchvision build that does not match
 torch): the run then says why and measures the zoo models alone. ``preload`` names a Python file
 executed before timm is imported, for whatever fix-up such an installation needs.
+
+The zoo models' dense layers run on vmamba's engine for CPU float32 products
+(:mod:`vmamba.ops.dense`: oneDNN on AMD CPUs, ATen's BLAS elsewhere), the peers' on whatever timm
+gives them (ATen's). ``peer_linear="vmamba"`` gives the peers' ``nn.Linear`` layers vmamba's
+engine too, which compares the architectures on the same matrix-product code.
 """
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ PEERS = {
     "resnet50": "resnet50",
 }
 DEFAULT_ZOO = ("vmamba_tiny_s1l8", "vanilla_vmamba_tiny")
+PEER_LINEAR = ("timm", "vmamba")  # the peers' dense layers as timm builds them, or on vmamba's engine
 MODES = ("infer", "train")
 _NEEDS_IMG_SIZE = ("deit", "vit", "swin")  # timm families whose position tables fix the input size
 _NUM_CLASSES = 1000
@@ -140,8 +146,18 @@ def _kernel_build() -> dict:
             if k != "build_dir" and isinstance(v, (str, int, float, bool, list, tuple))}
 
 
+def _linear_engine() -> dict:
+    """The engine of the zoo models' CPU float32 dense layers, and why."""
+    from ..ops import linear_info
+
+    try:
+        return linear_info()
+    except Exception as e:  # noqa: BLE001 - e.g. a bad $VMAMBA_LINEAR; reported, and the run fails later
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
 def machine_info(timm_version: str | None = None, kernel: bool = True) -> dict:
-    """CPU model, ISA, core count, torch/timm versions and the scan kernel build."""
+    """CPU model, ISA, core count, torch/timm versions, the scan kernel build and the dense-layer engine."""
     cpu = _cpuinfo()
     flags = set((cpu.get("flags") or cpu.get("Features") or "").split())
     model = cpu.get("model name") or cpu.get("Hardware") or cpu.get("CPU part") or platform.processor() or "unknown"
@@ -163,6 +179,7 @@ def machine_info(timm_version: str | None = None, kernel: bool = True) -> dict:
     }
     if kernel:
         info["scan_kernel"] = _kernel_build()
+    info["linear"] = _linear_engine()
     return info
 
 
@@ -179,7 +196,14 @@ def format_machine(info: dict) -> str:
         f"ATen CPU capability: {info['aten_capability']}",
         f"torch {info['torch']}, timm {info['timm'] or '-'}, python {info['python']}, {info['date']}",
         f"scan kernel build: {kernel_text}",
+        f"dense layers (CPU fp32): {_linear_text(info.get('linear') or {})}",
     ])
+
+
+def _linear_text(linear: dict) -> str:
+    if "error" in linear:
+        return linear["error"]
+    return f"{linear.get('engine')} (setting {linear.get('setting')}: {linear.get('reason')})"
 
 
 # ---------------------------------------------------------------- models
@@ -200,10 +224,11 @@ def import_timm(preload: str | os.PathLike | None = None):
     return timm, None
 
 
-def build_model(name: str, size: int, timm=None) -> nn.Module:
+def build_model(name: str, size: int, timm=None, peer_linear: str = "timm") -> nn.Module:
     """A zoo model or a timm peer (short name or timm name) for ``size`` x ``size`` inputs.
 
-    Stochastic depth is off for every model, so each round does the same work.
+    Stochastic depth is off for every model, so each round does the same work. With
+    ``peer_linear="vmamba"`` a peer's ``nn.Linear`` layers run on vmamba's dense-layer engine.
     """
     from ..models import create_model, is_model
 
@@ -213,7 +238,14 @@ def build_model(name: str, size: int, timm=None) -> nn.Module:
         raise ValueError(f"{name!r} is not a vmamba model, and timm is not available")
     timm_name = PEERS.get(name, name)
     kwargs = {"img_size": size} if timm_name.startswith(_NEEDS_IMG_SIZE) else {}
-    return timm.create_model(timm_name, pretrained=False, num_classes=_NUM_CLASSES, **kwargs)
+    model = timm.create_model(timm_name, pretrained=False, num_classes=_NUM_CLASSES, **kwargs)
+    if peer_linear not in PEER_LINEAR:
+        raise ValueError(f"peer_linear={peer_linear!r}: expected one of {PEER_LINEAR}")
+    if peer_linear == "vmamba":
+        from ..ops.dense import convert_linears
+
+        convert_linears(model)
+    return model
 
 
 class Step:
@@ -348,9 +380,10 @@ def peak_memory_here(build: Callable[[], nn.Module], batch: int, size: int, mode
 
 
 def _probe_main(argv: list[str]) -> int:
-    """Child process entry: MODEL SIZE BATCH MODE [PRELOAD]; prints one JSON line."""
+    """Child process entry: MODEL SIZE BATCH MODE [PRELOAD [PEER_LINEAR]]; prints one JSON line."""
     name, size, batch, mode = argv[0], int(argv[1]), int(argv[2]), argv[3]
     preload = argv[4] if len(argv) > 4 and argv[4] else None
+    peer_linear = argv[5] if len(argv) > 5 else "timm"
     torch.set_num_threads(1)
     timm = None
     from ..models import is_model
@@ -363,7 +396,7 @@ def _probe_main(argv: list[str]) -> int:
     # Load the scan kernel before the baseline, so its build is not counted as model memory.
     _kernel_build()
     try:
-        out = peak_memory_here(lambda: build_model(name, size, timm), batch, size, mode)
+        out = peak_memory_here(lambda: build_model(name, size, timm, peer_linear), batch, size, mode)
     except Exception as e:  # noqa: BLE001 - reported in the table
         out = {"error": f"{type(e).__name__}: {e}"[:300]}
     print(json.dumps(out))
@@ -371,14 +404,14 @@ def _probe_main(argv: list[str]) -> int:
 
 
 def peak_memory(name: str, size: int, batch: int, mode: str, preload: str | None = None,
-                timeout: float = 3600) -> dict:
+                timeout: float = 3600, peer_linear: str = "timm") -> dict:
     """``peak_memory_here`` in a fresh Python process on one thread: {"peak_mb", "params_mb"} or {"error"}."""
     package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([package_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["OMP_NUM_THREADS"] = "1"
     code = "import sys; from vmamba.analysis.peers import _probe_main; sys.exit(_probe_main(sys.argv[1:]))"
-    args = [sys.executable, "-c", code, name, str(size), str(batch), mode, str(preload or "")]
+    args = [sys.executable, "-c", code, name, str(size), str(batch), mode, str(preload or ""), peer_linear]
     try:
         proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -407,13 +440,15 @@ def plan(sizes, batches, threads, modes, max_pixels: int = 0) -> tuple[list[tupl
 
 def run_peers(zoo=DEFAULT_ZOO, peers=tuple(PEERS), sizes=(224,), batches=(1,), threads=(1,), modes=MODES,
               rounds: int = 5, warmup: int = 1, memory: bool = True, max_pixels: int = 0,
-              preload: str | None = None, log: Callable[[str], None] | None = None,
+              preload: str | None = None, peer_linear: str = "timm", log: Callable[[str], None] | None = None,
               on_progress: Callable[[PeerRun], None] | None = None) -> PeerRun:
     """Measure every zoo model and peer in every configuration; see the module docstring.
 
     ``on_progress`` is called with the run so far after each configuration (e.g. to save it).
     """
     log = log or (lambda text: None)
+    if peer_linear not in PEER_LINEAR:
+        raise ValueError(f"peer_linear={peer_linear!r}: expected one of {PEER_LINEAR}")
     notes = []
     timm, why = (None, None)
     if peers:
@@ -431,7 +466,7 @@ def run_peers(zoo=DEFAULT_ZOO, peers=tuple(PEERS), sizes=(224,), batches=(1,), t
                      f"--max-pixels {max_pixels}: " + ", ".join(f"{s}px b{b} t{t} {m}" for s, b, t, m in skipped))
     settings = dict(zoo=list(zoo), peers=list(peers), sizes=list(sizes), batches=list(batches), threads=list(threads),
                     modes=list(modes), rounds=rounds, warmup=warmup, memory=memory, max_pixels=max_pixels,
-                    preload=str(preload) if preload else None)
+                    preload=str(preload) if preload else None, peer_linear=peer_linear)
     result = PeerRun(machine, settings, notes=notes)
     old_threads = torch.get_num_threads()
     try:
@@ -439,7 +474,7 @@ def run_peers(zoo=DEFAULT_ZOO, peers=tuple(PEERS), sizes=(224,), batches=(1,), t
             built, build_errors = {}, {}
             for name, _ in models:
                 try:
-                    built[name] = build_model(name, size, timm)
+                    built[name] = build_model(name, size, timm, peer_linear)
                 except Exception as e:  # noqa: BLE001 - e.g. a fixed-size model
                     build_errors[name] = f"cannot build for {size}x{size}: {type(e).__name__}: {e}"[:300]
             for _, batch, t, mode in (c for c in configs if c[0] == size):
@@ -480,7 +515,8 @@ def _add_memory(run: PeerRun, preload: str | None, log: Callable[[str], None]) -
         key = (row.model, row.size, row.batch, row.mode)
         if key not in probes:
             log(f"peak memory: {row.model} {row.size}x{row.size} batch {row.batch} {row.mode}")
-            probes[key] = peak_memory(row.model, row.size, row.batch, row.mode, preload)
+            probes[key] = peak_memory(row.model, row.size, row.batch, row.mode, preload,
+                                    peer_linear=run.settings.get("peer_linear", "timm"))
         probe = probes[key]
         if "error" in probe:
             note = f"peak memory of {row.model} at {row.size}px b{row.batch} {row.mode}: {probe['error']}"
@@ -530,7 +566,12 @@ def _fmt(v, spec: str, empty: str = "-") -> str:
 
 def format_report(run: PeerRun) -> str:
     """The machine, then per configuration a table of img/s, ratios to each peer and peak memory."""
-    lines = [format_machine(run.machine), ""]
+    lines = [format_machine(run.machine)]
+    if run.settings.get("peers"):
+        lines.append("peers' dense layers: " + ("vmamba's engine (--peer-linear vmamba)"
+                                                if run.settings.get("peer_linear") == "vmamba"
+                                                else "as timm builds them (ATen's)"))
+    lines.append("")
     peers = run.settings["peers"]
     ratio_of = {(d["model"], d["peer"], d["size"], d["batch"], d["threads"], d["mode"]): d for d in ratios(run.results)}
     configs = list(dict.fromkeys(r.config for r in run.results))

@@ -43,6 +43,10 @@ def add_parser(sub) -> None:
                    help="skip the peak-memory probes (one fresh process per model, size, batch and step kind)")
     p.add_argument("--quick", action="store_true",
                    help="224 px, batch 1, 3 rounds (flags given explicitly still apply)")
+    p.add_argument("--peer-linear", choices=["timm", "vmamba"], default="timm",
+                   help="the peers' nn.Linear layers as timm builds them (default: ATen's matrix product) or on "
+                        "vmamba's dense-layer engine (oneDNN on AMD CPUs), to compare the architectures on the "
+                        "same matrix-product code")
     add_preload(p)
     p.add_argument("--json", metavar="FILE", help="write machine, settings, results, ratios and exponents as JSON")
     p.add_argument("--csv", metavar="FILE", help="write one row per model and configuration as CSV")
@@ -106,7 +110,7 @@ def run(args) -> int:
     run_ = run_peers(zoo=args.models, peers=args.peers, sizes=settings["sizes"], batches=settings["batches"],
                      threads=settings["threads"], modes=args.modes, rounds=settings["rounds"], warmup=args.warmup,
                      memory=args.memory, max_pixels=args.max_pixels, preload=args.preload,
-                     log=lambda text: print(text, file=sys.stderr, flush=True), on_progress=save)
+                     peer_linear=args.peer_linear, log=lambda text: print(text, file=sys.stderr, flush=True), on_progress=save)
     print(format_report(run_), end="")
     save(run_)
     for path in (args.json, args.csv):

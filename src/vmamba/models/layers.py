@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops import Linear
+
 
 class Permute(nn.Module):
     """``x.permute(*dims)`` as a module."""
@@ -85,9 +87,9 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,7 +140,7 @@ class PatchMerging2D(nn.Module):
 
     def __init__(self, dim: int, out_dim: int):
         super().__init__()
-        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
+        self.reduction = Linear(4 * dim, out_dim, bias=False)
         self.norm = nn.LayerNorm(4 * dim, eps=1e-5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

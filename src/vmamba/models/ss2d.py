@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import SCAN_MODES, cross_selective_scan, get_backend
+from ..ops import SCAN_MODES, Linear, cross_selective_scan, get_backend, linear
 from .layers import channels_last_conv, check_arg, is_int, to_channels_first
 
 K_DIRECTIONS = 4
@@ -81,7 +81,7 @@ class SS2D(nn.Module):
         self.scan_backend = scan_backend
         k, r, n = K_DIRECTIONS, self.dt_rank, d_state
 
-        self.in_proj = nn.Linear(d_model, d_inner * (2 if z_gate else 1), bias=False)
+        self.in_proj = Linear(d_model, d_inner * (2 if z_gate else 1), bias=False)
         self.conv2d = (
             channels_last_conv(nn.Conv2d(d_inner, d_inner, kernel_size=d_conv, padding=(d_conv - 1) // 2,
                                          groups=d_inner, bias=conv_bias))
@@ -94,7 +94,7 @@ class SS2D(nn.Module):
         self.A_logs = nn.Parameter(torch.empty(k * d_inner, n))
         self.Ds = nn.Parameter(torch.empty(k * d_inner))
         self.out_norm = nn.LayerNorm(d_inner, eps=1e-5)
-        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.out_proj = Linear(d_inner, d_model, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_ssm_parameters()
         # Stored as its transpose (k, r, d) in memory, the layout its product in forward_core
@@ -128,7 +128,7 @@ class SS2D(nn.Module):
         b, d, h, w = x.shape
         k = self.x_proj_weight.shape[0]
         # Plain matmuls rather than einsum: the same arithmetic, and fast in ONNX runtimes.
-        x_dbl = F.linear(x.permute(0, 2, 3, 1), self.x_proj_weight.reshape(-1, d)).view(b * h * w, k, r + 2 * n)
+        x_dbl = linear(x.permute(0, 2, 3, 1), self.x_proj_weight.reshape(-1, d)).view(b * h * w, k, r + 2 * n)
         dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
         # delta of direction k for every pixel, channel-last: (k, B*H*W, d) viewed as (B, k, d, H, W)
         delta = torch.bmm(dts.transpose(0, 1), self.dt_projs_weight.transpose(1, 2))
@@ -147,8 +147,8 @@ class SS2D(nn.Module):
         d = self.d_inner
         inplace = not torch.is_grad_enabled()  # inference: activations overwrite fresh buffers
         if self.z_gate:  # two products from row slices of in_proj: x and z come out dense
-            z = F.linear(x, self.in_proj.weight[d:])
-            x = F.linear(x, self.in_proj.weight[:d])
+            z = linear(x, self.in_proj.weight[d:])
+            x = linear(x, self.in_proj.weight[:d])
         else:
             x = self.in_proj(x)
         x = to_channels_first(x)  # a view: channel-last memory, which the conv runs fastest on

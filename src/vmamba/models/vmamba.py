@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from ..ops import Linear
+
 from .layers import DropPath, Mlp, check_arg, is_int, make_downsample, make_patch_embed, to_channels_first
 from .registry import register_model
 from .ss2d import SS2D, check_ss2d_args
@@ -99,7 +101,7 @@ class ClassifierHead(nn.Module):
         self.global_pool = global_pool
         self.norm = nn.LayerNorm(dim, eps=1e-5)
         self.drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, C, H, W) normed features -> (B, num_classes) (or pooled features)."""
@@ -267,7 +269,7 @@ class VSSM(nn.Module):
             if global_pool not in ("avg", "max", ""):
                 raise ValueError(f"global_pool must be 'avg', 'max' or '', got {global_pool!r}")
             self.classifier.global_pool = self.config["global_pool"] = global_pool
-        self.classifier.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.classifier.head.apply(self._init_weights)
 
     def _check_input(self, x: torch.Tensor) -> None:

@@ -8,12 +8,14 @@ Layout, for a backend author:
 * ``kernel_common.py``: what the kernel backends share (autograd glue, FLOP formulas, scan-mode
   ids, argument conversions); a kernel backend imports that and ``backends`` only;
 * ``cross_scan.py``: cross-scan / cross-merge and the scan orders;
+* ``dense.py``: the dense layers' product, on oneDNN for CPU float32 where it is usable;
 * the backends: ``scan_reference.py`` and ``scan_torch.py`` (portable, on ``scan_common.py``),
   ``scan_cpu.py`` (C++ kernel in ``cpu/``) and ``scan_triton.py`` (``triton_kernels.py``).
 """
 from .backends import ScanBackend, available_backends, get_backend, register_backend
 from .cross_scan import SCAN_MODES, cross_merge, cross_scan, scan_order
 from .cross_selective_scan import cross_selective_scan
+from .dense import Linear, active_linear_backend, linear, linear_backend, linear_info, set_linear_backend
 from .scan_reference import selective_scan_reference
 from .scan_torch import selective_scan_torch
 from .selective_scan import check_scan_inputs, selective_scan
@@ -24,4 +26,5 @@ __all__ = [
     "selective_scan", "selective_scan_reference", "selective_scan_torch", "check_scan_inputs",
     "available_backends", "register_backend", "get_backend", "ScanBackend",
     "cross_scan", "cross_merge", "cross_selective_scan", "scan_order", "SCAN_MODES",
+    "Linear", "linear", "linear_backend", "linear_info", "set_linear_backend", "active_linear_backend",
 ]

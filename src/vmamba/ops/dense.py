@@ -1,0 +1,218 @@
+"""Dense layers, ``y = x @ W^T + b``, with the CPU product run by oneDNN rather than ATen's BLAS.
+
+ATen runs a float32 ``F.linear`` on the CPU through MKL's sgemm. On AMD CPUs MKL does not use
+AVX-512: on a Zen 5 EPYC its sgemm reaches about 90 GFLOP/s on one core where oneDNN's reaches
+about 200 on the same shapes (docs/cpu.md, "Matrix products"), and the products are most of a
+VMamba's time. oneDNN is part of every x86-64 build of PyTorch, so using it costs nothing to
+install.
+
+Engines (``set_linear_backend``, the ``linear_backend`` context manager, or ``$VMAMBA_LINEAR``):
+
+* ``"onednn"``: the forward product and the input gradient run on
+  ``torch.ops.mkldnn._linear_pointwise`` (the op Inductor uses for frozen linears) with the
+  weight as it is (no packed copy to keep in sync; the input gradient reads its transposed
+  view). The weight gradient, a reduction over every row of the batch, stays on ATen: oneDNN
+  was up to 2x slower than MKL there on some shapes;
+* ``"aten"``: ``torch.nn.functional.linear``;
+* ``"auto"`` (the default): ``"onednn"`` on AMD x86-64 CPUs, where MKL runs its AVX2 code, when
+  this PyTorch has the op and it passes a self-check; ``"aten"`` elsewhere (Intel CPUs run MKL's
+  own best code; others were not measured). :func:`linear_info` says which and why.
+
+Either engine covers only float32 products of CPU tensors outside autocast; every other call
+(float64, bf16/fp16, autocast, GPU, empty inputs) is ``F.linear``. Calls traced by
+``torch.compile`` / ``torch.export``, FLOP counting, fake tensors and functorch transforms see
+``F.linear`` too, so compiled and exported graphs hold ordinary ``linear`` nodes and FLOPs are
+counted. The two engines differ by float32 rounding only (summation order).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .kernel_common import traced
+
+LINEAR_BACKENDS = ("auto", "onednn", "aten")
+
+_chosen: Optional[str] = None      # the setting: one of LINEAR_BACKENDS (None: not read yet)
+_onednn_ok: Optional[bool] = None  # whether oneDNN's op exists and passed the self-check
+_onednn_why = ""                   # why not, when it did not
+_amd: Optional[bool] = None        # whether the CPU is an AMD x86-64 one
+
+
+def _check_name(name) -> str:
+    if not isinstance(name, str) or name.strip().lower() not in LINEAR_BACKENDS:
+        raise ValueError(f"linear backend {name!r} is not one of {', '.join(map(repr, LINEAR_BACKENDS))}")
+    return name.strip().lower()
+
+
+def _setting() -> str:
+    global _chosen
+    if _chosen is None:
+        env = os.environ.get("VMAMBA_LINEAR", "auto")
+        try:
+            _chosen = _check_name(env or "auto")
+        except ValueError as e:
+            raise ValueError(f"$VMAMBA_LINEAR: {e}") from None
+    return _chosen
+
+
+def onednn_available() -> bool:
+    """Whether oneDNN's linear op exists in this PyTorch and agrees with ``F.linear`` (checked
+    once, on a small product with a transposed operand as the backward uses)."""
+    global _onednn_ok, _onednn_why
+    if _onednn_ok is None:
+        _onednn_ok, _onednn_why = _probe_onednn()
+    return _onednn_ok
+
+
+def _probe_onednn() -> tuple[bool, str]:
+    if not torch.backends.mkldnn.is_available():
+        return False, "this PyTorch is built without oneDNN (torch.backends.mkldnn.is_available() is False)"
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if op is None:
+        return False, "this PyTorch has no torch.ops.mkldnn._linear_pointwise"
+    try:
+        g = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(s, generator=g) for s in ((37, 24), (20, 24), (20,)))
+        ok = (torch.allclose(op(x, w, b, "none", [], ""), F.linear(x, w, b), rtol=1e-4, atol=1e-4)
+              and torch.allclose(op(x.t(), x.t(), None, "none", [], ""), x.t() @ x, rtol=1e-4, atol=1e-4))
+    except Exception as e:  # an op that exists but fails on this CPU: ATen's product still works
+        return False, f"oneDNN's linear failed its self-check: {type(e).__name__}: {e}"
+    return (True, "") if ok else (False, "oneDNN's linear disagreed with F.linear in its self-check")
+
+
+def set_linear_backend(name: str) -> None:
+    """Choose the engine of CPU float32 products: ``"auto"``, ``"onednn"`` or ``"aten"``.
+
+    ``"onednn"`` raises ``RuntimeError`` when oneDNN's op is missing or fails its self-check
+    (``"auto"`` would use ``"aten"`` there)."""
+    global _chosen
+    name = _check_name(name)
+    if name == "onednn" and not onednn_available():
+        raise RuntimeError(f"linear backend 'onednn' is not usable here: {_onednn_why}")
+    _chosen = name
+
+
+@contextlib.contextmanager
+def linear_backend(name: str) -> Iterator[None]:
+    """``set_linear_backend(name)`` for the duration of a ``with`` block (for A/B comparisons)."""
+    global _chosen
+    before = _setting()
+    set_linear_backend(name)
+    try:
+        yield
+    finally:
+        _chosen = before
+
+
+def active_linear_backend() -> str:
+    """The engine CPU float32 products use now: ``"onednn"`` or ``"aten"``."""
+    setting = _setting()
+    if setting == "onednn" and not onednn_available():
+        raise RuntimeError(f"$VMAMBA_LINEAR=onednn, but oneDNN's linear is not usable here: {_onednn_why}")
+    if setting == "auto":
+        return "onednn" if _amd_x86() and onednn_available() else "aten"
+    return setting
+
+
+def _amd_x86() -> bool:
+    """Whether this is an AMD x86-64 CPU (``vendor_id`` in /proc/cpuinfo)."""
+    global _amd
+    if _amd is None:
+        _amd = False
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                _amd = any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in f)
+        except OSError:
+            pass
+    return _amd
+
+
+def linear_info() -> dict:
+    """The setting, the engine it gives for CPU float32 products, whether oneDNN's op is usable,
+    and the reason for the engine."""
+    engine, setting = active_linear_backend(), _setting()
+    if engine == "onednn":
+        reason = "set to 'onednn'" if setting == "onednn" else "an AMD CPU, where MKL's sgemm runs its AVX2 code"
+    elif setting == "aten":
+        reason = "set to 'aten'"
+    elif not _amd_x86():
+        reason = "not an AMD x86-64 CPU: ATen's BLAS (MKL on Intel) is kept"
+    else:
+        reason = _onednn_why
+    return dict(setting=setting, engine=engine, onednn_available=onednn_available(), reason=reason)
+
+
+def _onednn_product(a: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``a @ w^T + bias`` for 2D ``a`` (M, K), ``w`` (N, K); either may be a transposed view."""
+    return torch.ops.mkldnn._linear_pointwise(a, w, bias, "none", [], "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """``x2d @ weight^T + bias`` with the forward and input-gradient products on oneDNN."""
+
+    @staticmethod
+    def forward(ctx, x2d: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        ctx.save_for_backward(x2d, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_product(x2d, weight, bias)
+
+    @staticmethod
+    def backward(ctx, gy: Tensor):
+        x2d, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        gx = _onednn_product(gy, weight.t(), None) if need_x else None          # (M, N) @ (N, K)
+        gw = gy.t().mm(x2d) if need_w else None                                  # (N, M) @ (M, K), ATen
+        gb = gy.sum(0) if need_b and ctx.has_bias else None
+        return gx, gw, gb
+
+
+def _takes(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
+    """Whether the call is a CPU float32 product the oneDNN engine runs."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and weight.device.type == "cpu" and weight.dim() == 2 and x.dim() >= 1 and x.numel() > 0
+            and x.shape[-1] == weight.shape[1]
+            and (bias is None or (bias.dtype == torch.float32 and bias.device.type == "cpu"
+                                  and bias.shape == weight.shape[:1]))
+            and not torch.is_autocast_enabled("cpu") and not traced(x, weight, bias))
+
+
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``F.linear(x, weight, bias)``: x (..., K), weight (N, K), bias (N,) or None -> (..., N).
+
+    CPU float32 products run on the engine :func:`active_linear_backend` names; everything else
+    (and every traced call) is ``F.linear``. Same values up to float32 rounding, same autograd."""
+    if not _takes(x, weight, bias) or active_linear_backend() != "onednn":
+        return F.linear(x, weight, bias)
+    x2d = x.reshape(-1, x.shape[-1])
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        y = _OneDNNLinear.apply(x2d, weight, bias)
+    else:
+        y = _onednn_product(x2d, weight, bias)
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+class Linear(torch.nn.Linear):
+    """``torch.nn.Linear`` whose product is :func:`linear`: the same parameters, initialisation
+    and state-dict keys, so checkpoints and ``isinstance(m, nn.Linear)`` checks are unchanged."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+def convert_linears(model: torch.nn.Module) -> torch.nn.Module:
+    """Make every plain ``nn.Linear`` of ``model`` a :class:`Linear` (in place; returns ``model``).
+
+    Parameters, buffers and state-dict keys stay as they are; only the product's engine changes.
+    For running another library's model (e.g. a timm backbone) on the same engine."""
+    for m in model.modules():
+        if type(m) is torch.nn.Linear:
+            m.__class__ = Linear
+    return model
+

@@ -1,0 +1,168 @@
+"""vmamba.ops.dense: the dense layers' product on oneDNN or ATen, equal to F.linear up to fp32 rounding."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import vmamba
+from vmamba.ops import Linear, dense, linear, linear_backend, linear_info, set_linear_backend
+
+ENGINES = ["aten", pytest.param("onednn", marks=pytest.mark.skipif(
+    not dense.onednn_available(), reason="oneDNN's linear op is not usable in this PyTorch"))]
+
+
+def _inputs(shape, k=24, n=20, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, k, generator=g)
+    w = torch.randn(n, k, generator=g) / k ** 0.5
+    b = torch.randn(n, generator=g) if bias else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("shape", [(), (7,), (3, 5), (2, 4, 6)], ids=["1d", "2d", "3d", "4d"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_values_and_gradients_match_f_linear(engine, shape, bias):
+    x, w, b = _inputs(shape, bias=bias)
+    params = [t.clone().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
+    ref_params = [t.detach().clone().requires_grad_() for t in params]
+    with linear_backend(engine):
+        y = linear(params[0], params[1], params[2] if bias else None)
+    y_ref = F.linear(ref_params[0], ref_params[1], ref_params[2] if bias else None)
+    assert y.shape == y_ref.shape
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    gy = torch.randn_like(y_ref)
+    y.backward(gy)
+    y_ref.backward(gy)
+    for p, r in zip(params, ref_params):
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_channel_last_view_and_weight_slices(engine):
+    # SS2D feeds permuted channel-last maps and row slices of in_proj's weight
+    x = torch.randn(2, 8, 5, 6).to(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+    w = torch.randn(10, 8)
+    with linear_backend(engine):
+        y = linear(x, w[4:])
+    torch.testing.assert_close(y, F.linear(x, w[4:]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["float64", "bfloat16", "autocast", "empty"])
+def test_calls_outside_the_contract_are_f_linear_exactly(case):
+    x, w, b = _inputs((3, 5))
+    if case in ("float64", "bfloat16"):
+        dt = getattr(torch, case)
+        x, w, b = x.to(dt), w.to(dt), b.to(dt)
+    if case == "empty":
+        x = x[:0]
+    with linear_backend("auto"):
+        if case == "autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y, y_ref = linear(x, w, b), F.linear(x, w, b)
+        else:
+            y, y_ref = linear(x, w, b), F.linear(x, w, b)
+    assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
+    assert torch.equal(y, y_ref)
+
+
+def test_flop_counting_sees_the_product():
+    x, w, b = _inputs((4, 5))
+    with linear_backend("auto"), FlopCounterMode(display=False) as counter:
+        linear(x, w, b)
+    assert counter.get_total_flops() == 2 * 20 * 24 * 20
+
+
+def test_shape_mismatch_is_f_linears_error():
+    x, w, b = _inputs((3,))
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        linear(x, w[:, :5], b)
+
+
+def test_linear_module_keeps_nn_linears_parameters_and_keys():
+    torch.manual_seed(0)
+    ref = nn.Linear(6, 4)
+    torch.manual_seed(0)
+    mine = Linear(6, 4)
+    assert isinstance(mine, nn.Linear)
+    assert list(mine.state_dict()) == list(ref.state_dict())
+    torch.testing.assert_close(mine.weight, ref.weight)
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(mine(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_convert_linears_changes_only_the_engine():
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    keys = list(model.state_dict())
+    x = torch.randn(2, 6)
+    before = model(x)
+    dense.convert_linears(model)
+    assert all(type(m) is Linear for m in (model[0], model[2]))
+    assert list(model.state_dict()) == keys
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_names_are_refused():
+    with pytest.raises(ValueError, match="'mkl' is not one of"):
+        set_linear_backend("mkl")
+    with pytest.raises(ValueError, match="is not one of"):
+        with linear_backend(None):
+            pass
+
+
+def test_bad_environment_variable_names_the_variable():
+    code = "import torch, vmamba.ops as o; o.linear(torch.randn(2, 3), torch.randn(4, 3))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**__import__("os").environ, "VMAMBA_LINEAR": "blas"})
+    assert proc.returncode != 0
+    assert "$VMAMBA_LINEAR" in proc.stderr and "'blas' is not one of" in proc.stderr
+
+
+def test_named_onednn_refuses_when_unusable(monkeypatch):
+    monkeypatch.setattr(dense, "_onednn_ok", False)
+    monkeypatch.setattr(dense, "_onednn_why", "no oneDNN in this build")
+    with pytest.raises(RuntimeError, match="'onednn' is not usable here: no oneDNN in this build"):
+        set_linear_backend("onednn")
+    with linear_backend("auto"):  # auto chooses ATen and says why
+        info = linear_info()
+    assert info["engine"] == "aten" and info["onednn_available"] is False
+
+
+@pytest.mark.parametrize("amd", [True, False])
+def test_auto_chooses_onednn_on_amd_only(monkeypatch, amd):
+    monkeypatch.setattr(dense, "_amd", amd)
+    with linear_backend("auto"):
+        info = linear_info()
+    want = "onednn" if amd and dense.onednn_available() else "aten"
+    assert info["engine"] == want and info["setting"] == "auto" and info["reason"]
+
+
+def test_context_manager_restores_the_setting():
+    with linear_backend("aten"):
+        with linear_backend("auto"):
+            assert linear_info()["setting"] == "auto"
+        assert linear_info()["setting"] == "aten"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_model_logits_and_gradients_agree_across_engines(engine):
+    torch.manual_seed(0)
+    model = vmamba.create_model("vmamba_tiny_s1l8", dims=16, depths=(1, 1, 1, 1), num_classes=5,
+                                drop_path_rate=0.0)
+    x = torch.randn(2, 3, 64, 64)
+    grads = {}
+    for name in ("aten", engine):
+        model.zero_grad()
+        with linear_backend(name):
+            logits = model(x)
+            logits.square().sum().backward()
+        grads[name] = (logits.detach(), {k: p.grad.clone() for k, p in model.named_parameters()})
+    torch.testing.assert_close(grads[engine][0], grads["aten"][0], rtol=1e-5, atol=1e-5)
+    for k, g in grads["aten"][1].items():
+        torch.testing.assert_close(grads[engine][1][k], g, rtol=1e-4, atol=1e-5, msg=k)
