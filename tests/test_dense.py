@@ -166,3 +166,35 @@ def test_model_logits_and_gradients_agree_across_engines(engine):
     torch.testing.assert_close(grads[engine][0], grads["aten"][0], rtol=1e-5, atol=1e-5)
     for k, g in grads["aten"][1].items():
         torch.testing.assert_close(grads[engine][1][k], g, rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.skipif(not dense.onednn_available(), reason="oneDNN's linear op is not usable in this PyTorch")
+def test_compile_keeps_the_onednn_engine_and_export_sees_a_plain_linear():
+    x, w, b = _inputs((3, 5))
+    w.requires_grad_()
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm
+
+    with linear_backend("onednn"):
+        fn = torch.compile(lambda t: linear(t, w, b), backend=record, fullgraph=True)
+        y = fn(x)
+        y.sum().backward()
+    torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w.grad, x.reshape(-1, 24).sum(0).expand(20, 24), rtol=1e-4, atol=1e-4)
+    assert "vmamba.onednn_linear" in graphs[0]
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = Linear(24, 20)
+
+        def forward(self, t):
+            return self.fc(t)
+
+    with linear_backend("onednn"):
+        program = torch.export.export(Layer(), (x,))
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert "aten.linear.default" in ops and not any("vmamba" in o or "mkldnn" in o for o in ops)

@@ -19,10 +19,12 @@ Engines (``set_linear_backend``, the ``linear_backend`` context manager, or ``$V
   own best code; others were not measured). :func:`linear_info` says which and why.
 
 Either engine covers only float32 products of CPU tensors outside autocast; every other call
-(float64, bf16/fp16, autocast, GPU, empty inputs) is ``F.linear``. Calls traced by
-``torch.compile`` / ``torch.export``, FLOP counting, fake tensors and functorch transforms see
-``F.linear`` too, so compiled and exported graphs hold ordinary ``linear`` nodes and FLOPs are
-counted. The two engines differ by float32 rounding only (summation order).
+(float64, bf16/fp16, autocast, GPU, empty inputs) is ``F.linear``. Under ``torch.compile`` the
+oneDNN engine is the custom op ``vmamba::onednn_linear`` (Inductor would otherwise call MKL's
+sgemm for a plain ``linear``). ``torch.export`` / ONNX export, ``torch.jit.trace``, FLOP counting,
+fake tensors and functorch transforms see ``F.linear``, so exported graphs hold ordinary
+``linear`` nodes and FLOPs are counted. The two engines differ by float32 rounding only
+(summation order).
 """
 from __future__ import annotations
 
@@ -33,13 +35,15 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
 
 from .kernel_common import traced
 
 LINEAR_BACKENDS = ("auto", "onednn", "aten")
 
-_chosen: Optional[str] = None      # the setting: one of LINEAR_BACKENDS (None: not read yet)
-_onednn_ok: Optional[bool] = None  # whether oneDNN's op exists and passed the self-check
+_chosen: Optional[str] = None      # the setting: one of LINEAR_BACKENDS (None: $VMAMBA_LINEAR is invalid)
+_setting_error = ""                # why $VMAMBA_LINEAR is invalid
+_onednn_ok: Optional[bool] = None  # whether oneDNN's op exists and passed the self-check (None: not probed)
 _onednn_why = ""                   # why not, when it did not
 _amd: Optional[bool] = None        # whether the CPU is an AMD x86-64 one
 
@@ -51,13 +55,8 @@ def _check_name(name) -> str:
 
 
 def _setting() -> str:
-    global _chosen
     if _chosen is None:
-        env = os.environ.get("VMAMBA_LINEAR", "auto")
-        try:
-            _chosen = _check_name(env or "auto")
-        except ValueError as e:
-            raise ValueError(f"$VMAMBA_LINEAR: {e}") from None
+        raise ValueError(f"$VMAMBA_LINEAR: {_setting_error}")
     return _chosen
 
 
@@ -102,7 +101,7 @@ def set_linear_backend(name: str) -> None:
 def linear_backend(name: str) -> Iterator[None]:
     """``set_linear_backend(name)`` for the duration of a ``with`` block (for A/B comparisons)."""
     global _chosen
-    before = _setting()
+    before = _chosen  # may be None (an invalid $VMAMBA_LINEAR), restored as it was
     set_linear_backend(name)
     try:
         yield
@@ -121,16 +120,16 @@ def active_linear_backend() -> str:
 
 
 def _amd_x86() -> bool:
-    """Whether this is an AMD x86-64 CPU (``vendor_id`` in /proc/cpuinfo)."""
-    global _amd
-    if _amd is None:
-        _amd = False
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                _amd = any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in f)
-        except OSError:
-            pass
-    return _amd
+    """Whether this is an AMD x86-64 CPU (``vendor_id`` in /proc/cpuinfo; read at import)."""
+    return bool(_amd)
+
+
+def _read_amd() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in f)
+    except OSError:
+        return False
 
 
 def linear_info() -> dict:
@@ -172,24 +171,82 @@ class _OneDNNLinear(torch.autograd.Function):
         return gx, gw, gb
 
 
+# The engine as a torch.library op, for torch.compile: the graph keeps it as one call (with its
+# input-gradient op in the backward graph) instead of a plain linear that Inductor sends to MKL.
+@torch.library.custom_op("vmamba::onednn_linear", mutates_args=(), device_types="cpu")
+def _onednn_linear_op(x2d: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    return _onednn_product(x2d, weight, bias)
+
+
+@_onednn_linear_op.register_fake
+def _onednn_linear_fake(x2d, weight, bias):
+    return x2d.new_empty((x2d.shape[0], weight.shape[0]))
+
+
+@torch.library.custom_op("vmamba::onednn_linear_grad_input", mutates_args=(), device_types="cpu")
+def _onednn_grad_input_op(gy: Tensor, weight: Tensor) -> Tensor:
+    return _onednn_product(gy, weight.t(), None)
+
+
+@_onednn_grad_input_op.register_fake
+def _onednn_grad_input_fake(gy, weight):
+    return gy.new_empty((gy.shape[0], weight.shape[1]))
+
+
+def _op_setup(ctx, inputs, output):
+    x2d, weight, bias = inputs
+    ctx.save_for_backward(x2d, weight)
+    ctx.has_bias = bias is not None
+
+
+def _op_backward(ctx, gy):
+    x2d, weight = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad
+    gx = torch.ops.vmamba.onednn_linear_grad_input(gy, weight) if need_x else None
+    gw = gy.t().mm(x2d) if need_w else None
+    gb = gy.sum(0) if need_b and ctx.has_bias else None
+    return gx, gw, gb
+
+
+_onednn_linear_op.register_autograd(_op_backward, setup_context=_op_setup)
+
+
+@register_flop_formula(torch.ops.vmamba.onednn_linear)
+def _onednn_linear_flops(x_shape, w_shape, *args, **kwargs) -> int:
+    return 2 * x_shape[0] * x_shape[1] * w_shape[0]
+
+
+@register_flop_formula(torch.ops.vmamba.onednn_linear_grad_input)
+def _onednn_grad_input_flops(gy_shape, w_shape, *args, **kwargs) -> int:
+    return 2 * gy_shape[0] * gy_shape[1] * w_shape[1]
+
+
 def _takes(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
-    """Whether the call is a CPU float32 product the oneDNN engine runs."""
+    """Whether the call is a CPU float32 product the oneDNN engine covers."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and weight.device.type == "cpu" and weight.dim() == 2 and x.dim() >= 1 and x.numel() > 0
             and x.shape[-1] == weight.shape[1]
             and (bias is None or (bias.dtype == torch.float32 and bias.device.type == "cpu"
                                   and bias.shape == weight.shape[:1]))
-            and not torch.is_autocast_enabled("cpu") and not traced(x, weight, bias))
+            and not torch.is_autocast_enabled("cpu"))
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """``F.linear(x, weight, bias)``: x (..., K), weight (N, K), bias (N,) or None -> (..., N).
 
-    CPU float32 products run on the engine :func:`active_linear_backend` names; everything else
-    (and every traced call) is ``F.linear``. Same values up to float32 rounding, same autograd."""
+    CPU float32 products run on the engine :func:`active_linear_backend` names (under
+    ``torch.compile`` as the op ``vmamba::onednn_linear``); everything else, and every call traced
+    for export, FLOP counting or a functorch transform, is ``F.linear``. Same values up to float32
+    rounding, same autograd."""
     if not _takes(x, weight, bias) or active_linear_backend() != "onednn":
         return F.linear(x, weight, bias)
     x2d = x.reshape(-1, x.shape[-1])
+    if torch.compiler.is_compiling():
+        if torch.compiler.is_exporting():
+            return F.linear(x, weight, bias)
+        return torch.ops.vmamba.onednn_linear(x2d, weight, bias).view(*x.shape[:-1], weight.shape[0])
+    if torch.jit.is_tracing() or traced(x, weight, bias):
+        return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                     or (bias is not None and bias.requires_grad)):
         y = _OneDNNLinear.apply(x2d, weight, bias)
@@ -215,4 +272,21 @@ def convert_linears(model: torch.nn.Module) -> torch.nn.Module:
         if type(m) is torch.nn.Linear:
             m.__class__ = Linear
     return model
+
+
+def _resolve_at_import() -> None:
+    """Read ``$VMAMBA_LINEAR`` and the CPU vendor, and probe oneDNN where ``auto`` or ``onednn``
+    may use it (a few ms), once at import: never inside a ``torch.compile`` trace, which cannot
+    read files or run the probe."""
+    global _chosen, _setting_error, _amd, _onednn_ok, _onednn_why
+    try:
+        _chosen = _check_name(os.environ.get("VMAMBA_LINEAR", "auto") or "auto")
+    except ValueError as e:
+        _chosen, _setting_error = None, str(e)
+    _amd = _read_amd()
+    if _chosen == "onednn" or (_chosen == "auto" and _amd):
+        _onednn_ok, _onednn_why = _probe_onednn()
+
+
+_resolve_at_import()
 
