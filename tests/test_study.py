@@ -260,7 +260,7 @@ def test_peers_are_built_at_the_same_flops(timm_module):
     from vmamba.study.peers import BUILDERS, FLOP_TOLERANCE, PEERS, model_flops
 
     plan = make_plan("peers", "quick")
-    goal = model_flops(plan.configs["VMamba v2"]["model"], plan.configs["VMamba v2"]["model_args"], 32, 1)
+    goal = model_flops(plan.configs["VMamba v2+z"]["model"], plan.configs["VMamba v2+z"]["model_args"], 32, 1)
     for name in PEERS:
         cfg = plan.configs[name]
         assert abs(model_flops(cfg["model"], cfg["model_args"], 32, 1) / goal - 1) <= FLOP_TOLERANCE

@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("plan", choices=list(PLANS), help="the experiment plan")
     p.add_argument("--quick", action="store_const", const="quick", dest="budget",
-                   help="the quick budget: runs of about 80 s on one CPU core (scan: 8 minutes)")
+                   help="the quick budget: runs of 20-60 s on one CPU core (scan, components: about 3 minutes "
+                        "each with --jobs 2 on 2 cores)")
     p.add_argument("--budget", choices=BUDGETS, default="full",
                    help="micro (smoke tests: a minute or two), quick (= --quick) or full (default)")
     p.add_argument("--out", metavar="DIR", help="report folder (default: outputs/study/PLAN)")
