@@ -37,7 +37,8 @@ def run_study(plan: str | Plan, budget: str = "full", out: str | os.PathLike | N
     another in this process; 0: automatic, see :func:`vmamba.study.runner.resolve_jobs`);
     ``threads``: torch threads per run (0: torch's default, or 1 when more than one run goes at
     once). ``preload``: a Python file run first, here and in every worker (a fix-up an
-    installation needs before timm imports).
+    installation needs before timm imports). With ``jobs`` > 1 a calling script needs its work
+    under ``if __name__ == "__main__":``, as for any spawned process.
     """
     if preload is not None:
         if not os.path.isfile(preload):

@@ -221,8 +221,14 @@ def run_plan(plan: Plan, runs_root: str | os.PathLike, threads: int = 0, device:
     fine-tuning run waits for its source run. The training output of a worker's run goes to
     ``study.log`` in the run's folder. ``jobs`` 1 runs them one after another in this process.
     """
+    import sys
+
     runs_root = Path(runs_root)
     order = plan.runs()
+    spawned_import = sys.modules.get("__mp_main__") not in (None, sys.modules.get("__main__"))
+    if jobs > 1 and spawned_import:  # a spawned process running the main script again (no __main__ guard)
+        raise RuntimeError("run_study(jobs > 1) was called while a worker process imported the main script: "
+                           "put the script's work under `if __name__ == \"__main__\":`")
     progress = Progress(plan, len(order), say, jobs)
     if jobs > 1:
         results = _run_parallel(plan, runs_root, threads, device, progress, jobs, preload)
@@ -325,7 +331,8 @@ def _run_parallel(plan: Plan, runs_root: Path, threads: int, device: str, progre
                         worker[0].join(5)
                     log = run["run_dir"] / LOG_FILE
                     why = error or f"its worker process ended (exit code {worker[0].exitcode})"
-                    raise StudyRunError(f"run {label!r} seed {seed} failed: {why}; its output: {log}")
+                    where = f"its output: {log}" if log.is_file() else "the worker's error is printed above"
+                    raise StudyRunError(f"run {label!r} seed {seed} failed: {why}; {where}")
                 results[i] = result
                 progress.finished(label, time.perf_counter() - t0)
                 acc = result.get("test_acc1")
