@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 from .plans import Plan
 
 STUDY_FILE = "study.json"  # a finished run's results and analyses
+LOG_FILE = "study.log"  # a worker's output for one run (runs with jobs > 1), in the run's folder
 # Options that do not change what a run computes, left out of its identity.
 _NOT_IDENTITY = ("out", "seed", "resume", "progress", "threads", "device", "workers", "log_interval", "preset")
 
@@ -221,8 +223,6 @@ def run_plan(plan: Plan, runs_root: str | os.PathLike, threads: int = 0, device:
     fine-tuning run waits for its source run. The training output of a worker's run goes to
     ``study.log`` in the run's folder. ``jobs`` 1 runs them one after another in this process.
     """
-    import sys
-
     runs_root = Path(runs_root)
     order = plan.runs()
     spawned_import = sys.modules.get("__mp_main__") not in (None, sys.modules.get("__main__"))
@@ -252,9 +252,6 @@ def _run_serial(plan: Plan, runs_root: Path, threads: int, device: str, progress
         results.append(run_one(plan, run))
         progress.finished(label, time.perf_counter() - t0)
     return results
-
-
-LOG_FILE = "study.log"  # a worker's output for one run, in the run's folder
 
 
 def _run_parallel(plan: Plan, runs_root: Path, threads: int, device: str, progress: Progress, jobs: int,
@@ -394,7 +391,6 @@ def _worker(conn, parent: int, preload: str | None) -> None:
     """A worker process: runs (plan, run) pairs received on ``conn`` with :func:`run_one`, each with its
     output in the run's ``study.log``, and sends back (result, None) or (None, the error)."""
     import signal
-    import sys
     import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process stops the workers
@@ -417,7 +413,6 @@ def _serve(conn, preload: str | None) -> None:
     """The worker's loop (see :func:`_worker`)."""
     import contextlib
     import runpy
-    import sys
     import traceback
 
     failed = None
