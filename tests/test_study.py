@@ -89,10 +89,14 @@ def test_mean_std():
     assert mean_std([2.0, float("nan"), 4.0])["mean"] == 3.0
 
 
-def _tiny_plan(analyses=("flops", "erf", "erf_init", "resolution")) -> Plan:
+def _tiny_plan(analyses=("flops", "erf", "erf_init", "resolution"), backend: str | None = None) -> Plan:
+    """Two runs of a tiny VMamba, the second fine-tuned from the first. ``backend="torch"`` for the
+    study's worker processes: under the tests' $VMAMBA_CACHE they would compile the CPU kernel anew."""
     r = recipe("micro")
     r.update(epochs=1, max_steps_per_epoch=2, batch_size=16)
     base = dict(model="vmamba_tiny_s1l8", model_args=dict(dims=8, depths=[1, 1, 1, 1]))
+    if backend:
+        base["model_args"]["scan_backend"] = backend
     configs = {"a": base, "b": dict(base, init_from="a")}
     return Plan("tiny", "test plan", "does it run?", r, configs, (0,), analyses, "micro")
 
@@ -135,6 +139,73 @@ def test_study_runs_reports_skips_and_resumes(tmp_path, cache, monkeypatch, caps
     assert json.loads((out / "results.json").read_text())["runs"][0]["test_acc1"] == doc["runs"][0]["test_acc1"]
 
 
+def test_resolve_jobs():
+    from vmamba.study.runner import resolve_jobs
+
+    assert resolve_jobs(1, 0) == (1, 0)  # one after another: torch's default threads
+    assert resolve_jobs(2, 0) == (2, 1)  # at once: one thread each unless told
+    assert resolve_jobs(0, 0, "cpu", cores=2) == (2, 1)  # automatic: cores // threads
+    assert resolve_jobs(0, 2, "cpu", cores=8) == (4, 2)
+    assert resolve_jobs(0, 4, "cpu", cores=2) == (1, 4)
+    assert resolve_jobs(0, 0, "cuda:0", cores=16) == (1, 0)  # one GPU: one run at a time
+    with pytest.raises(ValueError, match=r"jobs must be an integer >= 0 \(0: automatic\), got -1"):
+        resolve_jobs(-1, 0)
+    with pytest.raises(ValueError, match="threads must be an integer >= 0"):
+        resolve_jobs(1, -2)
+
+
+def _weights(run: dict) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(run["run_dir"]) / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_parallel_runs_match_the_serial_runner(tmp_path, cache, monkeypatch, capsys):
+    import multiprocessing
+
+    import torch
+
+    monkeypatch.setenv("VMAMBA_CACHE", str(cache))
+    plan = _tiny_plan(("flops",), backend="torch")
+    plan.seeds = (0, 1)  # a (2 seeds), then b fine-tuned from a's run of the same seed
+    run_study(plan, out=tmp_path / "serial", runs=tmp_path / "runs1", threads=1, jobs=1)
+    capsys.readouterr()
+    run_study(plan, out=tmp_path / "parallel", runs=tmp_path / "runs2", threads=1, jobs=2)
+    log = capsys.readouterr().out
+    serial, parallel = (json.loads((tmp_path / r / "results.json").read_text()) for r in ("serial", "parallel"))
+    assert parallel["jobs"] == 2 and parallel["threads"] == 1
+    runs1, runs2 = serial["runs"], parallel["runs"]
+    assert [(r["label"], r["seed"], r["test_acc1"]) for r in runs1] == [(r["label"], r["seed"], r["test_acc1"])
+                                                                        for r in runs2]
+    for one, two in zip(runs1, runs2):  # the same computation: the same weights
+        w1, w2 = _weights(one), _weights(two)
+        assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    for seed, run in zip((0, 1), runs2[2:]):  # b waited for a of its seed and started from it
+        tuned = json.loads((Path(run["run_dir"]) / "config.json").read_text())
+        assert Path(tuned["model"]) == Path(runs2[seed]["run_dir"]) / "pretrained"
+        assert log.index(f"] a seed {seed}: done in") < log.index(f"] b seed {seed}: training")
+    assert "up to 2 at once with 1 thread(s) each" in log and "ETA" in log
+    assert "test" in (Path(runs2[0]["run_dir"]) / "study.log").read_text()  # the worker's training output
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.slow
+def test_a_failing_worker_stops_the_study(tmp_path, cache, monkeypatch):
+    import multiprocessing
+
+    from vmamba.study import StudyRunError
+
+    monkeypatch.setenv("VMAMBA_CACHE", str(cache))
+    plan = _tiny_plan(("flops",), backend="torch")
+    good = plan.configs["a"]
+    plan.configs = {"good": good, "bad": dict(good, model_args=dict(good["model_args"], scan_mode="sideways"))}
+    with pytest.raises(StudyRunError, match=r"run 'bad' seed 0 failed: ConfigError: .*scan_mode.*study\.log"):
+        run_study(plan, out=tmp_path / "report", runs=tmp_path / "runs", threads=1, jobs=2)
+    assert not multiprocessing.active_children()  # the other worker was stopped too
+    assert not (tmp_path / "report" / "report.md").exists()
+
+
 class _TinyPeer:
     """A builder for a model vmamba's registry does not know (a stand-in for a timm peer)."""
 
@@ -174,6 +245,9 @@ def test_cli_study_arguments(capsys):
         main(["study", "scan", "--source", "fashion-mnist", "--budget", "micro"])
     assert e.value.code == 2 and "--source applies to the transfer plan only" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
+        main(["study", "scan", "--jobs", "-1"])
+    assert e.value.code == 2 and "argument --jobs: -1 is not allowed; expected an integer >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
         main(["study", "scan", "--preload", "no-such-file.py"])
     assert e.value.code == 2 and "--preload no-such-file.py: no such file" in capsys.readouterr().err
 
@@ -186,7 +260,7 @@ def test_peers_are_built_at_the_same_flops(timm_module):
     from vmamba.study.peers import BUILDERS, FLOP_TOLERANCE, PEERS, model_flops
 
     plan = make_plan("peers", "quick")
-    goal = model_flops(plan.configs["VMamba v2"]["model"], plan.configs["VMamba v2"]["model_args"], 32, 1)
+    goal = model_flops(plan.configs["VMamba v2+z"]["model"], plan.configs["VMamba v2+z"]["model_args"], 32, 1)
     for name in PEERS:
         cfg = plan.configs[name]
         assert abs(model_flops(cfg["model"], cfg["model_args"], 32, 1) / goal - 1) <= FLOP_TOLERANCE

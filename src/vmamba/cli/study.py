@@ -4,14 +4,17 @@ Plans: scan (cross2d vs bidi vs unidi), peers (timm's ResNet, ConvNeXt, DeiT, Sw
 FLOPs; needs timm importable), resolution (peers' models at 1x-4x their size), erf (ERF at
 initialisation and after training), components (d_state, ssm_ratio, dwconv, z gate, scan mode,
 one at a time), transfer (fine-tuned vs from scratch). Every run is an ordinary ``vmamba train``
-run kept under the runs folder: a rerun skips finished runs, a killed study resumes.
+run kept under the runs folder: a rerun skips finished runs, a killed study resumes (Ctrl-C
+stops every run; running the command again continues them). Independent runs go on at once in
+--jobs worker processes (automatic by default: one per CPU core at --threads 1).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 
 from . import UsageError
-from .validate import add_preload, check_preload
+from .validate import add_preload, check_preload, int_range
 
 
 def add_parser(sub) -> None:
@@ -21,7 +24,8 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("plan", choices=list(PLANS), help="the experiment plan")
     p.add_argument("--quick", action="store_const", const="quick", dest="budget",
-                   help="the quick budget: runs of about 80 s on one CPU core (scan: 8 minutes)")
+                   help="the quick budget: runs of 20-60 s on one CPU core (scan, components: about 3 minutes "
+                        "each with --jobs 2 on 2 cores)")
     p.add_argument("--budget", choices=BUDGETS, default="full",
                    help="micro (smoke tests: a minute or two), quick (= --quick) or full (default)")
     p.add_argument("--out", metavar="DIR", help="report folder (default: outputs/study/PLAN)")
@@ -33,16 +37,20 @@ def add_parser(sub) -> None:
     p.add_argument("--img-size", type=int, help="training size with --data")
     p.add_argument("--in-chans", type=int, help="image channels with --data")
     p.add_argument("--source", help="transfer: the dataset to pre-train on (default: fashion-mnist-subset)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads per run (0: torch's default)")
+    p.add_argument("--jobs", type=int_range(0), default=0, metavar="N",
+                   help="runs at once, each in a worker process of its own (0, the default: automatic = one on a "
+                        "GPU, else max(1, CPU cores // threads); 1: one after another in this process). A "
+                        "fine-tuning run waits for its source; a worker's training output goes to study.log in "
+                        "its run's folder")
+    p.add_argument("--threads", type=int_range(0), default=0, metavar="N",
+                   help="torch threads per run (0: torch's default with --jobs 1, else 1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     add_preload(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import runpy
-
-    from ..study import run_study
+    from ..study import StudyRunError, run_study
     from ..study.peers import PeerUnavailable
     from ..train import DataError
 
@@ -52,11 +60,12 @@ def run(args) -> int:
             raise UsageError(f"--source applies to the transfer plan only, not {args.plan!r}")
         data["source"] = args.source
     check_preload(args.preload)
-    if args.preload:
-        runpy.run_path(args.preload, run_name="__vmamba_preload__")
     try:
         run_study(args.plan, budget=args.budget or "full", out=args.out, runs=args.runs, seeds=args.seeds,
-                  threads=args.threads, device=args.device, **data)
+                  threads=args.threads, device=args.device, jobs=args.jobs, preload=args.preload, **data)
+    except StudyRunError as e:  # a worker's run failed: the study stopped, finished runs are kept
+        print(f"vmamba study: error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, DataError, PeerUnavailable) as e:
         raise UsageError(str(e))
     return 0

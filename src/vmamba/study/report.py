@@ -80,7 +80,9 @@ def write_report(plan: Plan, results: list[dict], out: str | os.PathLike, meta: 
     m = meta.get("machine", {})
     lines += [f"Machine: {m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')}"
               + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU")
-              + f"; plan wall time {meta.get('wall_s', 0):.0f} s this session.", ""]
+              + f"; plan wall time {meta.get('wall_s', 0):.0f} s this session"
+              + (f", up to {meta['jobs']} runs at once with {meta['threads']} thread(s) each" if meta.get("jobs", 1) > 1
+                 else "") + ".", ""]
     header = ["configuration", "top-1 (%)", "params", "GFLOPs", "train img/s"]
     rows = [[f"`{label}`", _pm(s["top1"]), f"{s['params'] / 1e6:.3f} M" if "params" in s else "-",
              f"{s['gflops']:.4f}" if "gflops" in s else "-", _pm(s["img_per_s"], 0)] for label, s in summary.items()]
