@@ -74,6 +74,8 @@ def test_cross_ratio_separates_a_cross_from_a_blob():
     local = np.zeros((64, 64))
     local[30:35, 30:35] = 1
     assert np.isnan(cross_ratio(local))  # no mass on the ring: undefined, left out of means
+    dust = local + 1e-12 * (np.abs(yy) == np.abs(xx))  # float dust on the diagonals only: still local
+    assert np.isnan(cross_ratio(dust))
 
 
 def test_erf_size_has_a_centre_cell():

@@ -16,11 +16,15 @@ ERF_SCALE = 4  # ERFs are measured at about 4x the training size (see erf_size)
 RESOLUTION_SCALES = (1, 2, 3, 4)
 
 
+RING_MASS_MIN = 1e-4  # share of an ERF's mass on the ring below which its cross ratio is undefined
+
+
 def cross_ratio(erf: np.ndarray, sector_deg: float = 7.5) -> float:
     """How cross-shaped an ERF is: its mean near the centre row and column over its mean near
     the diagonals, at the same distances from the centre (a ring from side/8 to side/2; sectors
     of +-``sector_deg``). 1: no preferred direction; > 1: a cross, as the paper shows for VMamba;
-    nan when the ERF has no mass on the diagonals' sectors (a local ERF)."""
+    nan for a local ERF: less than ``RING_MASS_MIN`` of its mass on the ring (floating-point dust
+    there would give a ratio of 0 or of thousands), or none on the diagonals' sectors."""
     h, w = erf.shape
     yy, xx = np.mgrid[:h, :w]
     dy, dx = yy - h // 2, xx - w // 2
@@ -29,8 +33,11 @@ def cross_ratio(erf: np.ndarray, sector_deg: float = 7.5) -> float:
     angle = np.degrees(np.arctan2(np.abs(dy), np.abs(dx)))  # 0..90
     axes = ring & ((angle <= sector_deg) | (angle >= 90 - sector_deg))
     diagonals = ring & (np.abs(angle - 45) <= sector_deg)
+    total = erf.sum()
+    if not total > 0 or erf[ring].sum() < RING_MASS_MIN * total:
+        return float("nan")  # no mass that far out
     off = erf[diagonals].mean()
-    return float(erf[axes].mean() / off) if off > 0 else float("nan")  # nan: no mass that far out
+    return float(erf[axes].mean() / off) if off > 0 else float("nan")
 
 
 def erf_size(img_size: int, stride: int = 32) -> int:
