@@ -7,7 +7,8 @@ the engines round by round, and prints the median GFLOP/s and the speed of oneDN
 * forward ``x @ W^T``: ``F.linear`` against ``torch.ops.mkldnn._linear_pointwise``;
 * input gradient ``dY @ W``: ``mm`` against the oneDNN op on ``W``'s transposed view;
 * weight gradient ``dY^T @ X``: ``mm`` against the oneDNN op on transposed views
-  (``vmamba.ops.dense`` keeps this one on ATen; shown so the choice can be rechecked).
+  (``vmamba.ops.dense`` sends it to oneDNN only with AVX-512 and up to ``WEIGHT_GRAD_MAX_ROWS``
+  rows; shown so the choice can be rechecked).
 
 Usage: ``python benchmarks/bench_dense.py [--threads 1] [--rounds 9]``. To see what an AVX2-only
 CPU of the same vendor would get, limit both libraries: ``ONEDNN_MAX_CPU_ISA=AVX2

@@ -198,3 +198,19 @@ def test_compile_keeps_the_onednn_engine_and_export_sees_a_plain_linear():
         program = torch.export.export(Layer(), (x,))
     ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert "aten.linear.default" in ops and not any("vmamba" in o or "mkldnn" in o for o in ops)
+
+
+@pytest.mark.skipif(not dense.onednn_available(), reason="oneDNN's linear op is not usable in this PyTorch")
+@pytest.mark.parametrize("avx512, max_rows", [(True, 8192), (True, 4), (False, 8192)],
+                         ids=["onednn", "too-many-rows", "no-avx512"])
+def test_weight_gradient_on_either_library(monkeypatch, avx512, max_rows):
+    monkeypatch.setattr(dense, "_avx512", avx512)
+    monkeypatch.setattr(dense, "WEIGHT_GRAD_MAX_ROWS", max_rows)
+    x, w, b = _inputs((3, 5))
+    w = w.clone().requires_grad_()
+    w_ref = w.detach().clone().requires_grad_()
+    gy = torch.randn(3, 5, 20)
+    with linear_backend("onednn"):
+        linear(x, w, b).backward(gy)
+    F.linear(x, w_ref, b).backward(gy)
+    torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-5, atol=1e-5)

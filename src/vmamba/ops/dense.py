@@ -11,8 +11,9 @@ Engines (``set_linear_backend``, the ``linear_backend`` context manager, or ``$V
 * ``"onednn"``: the forward product and the input gradient run on
   ``torch.ops.mkldnn._linear_pointwise`` (the op Inductor uses for frozen linears) with the
   weight as it is (no packed copy to keep in sync; the input gradient reads its transposed
-  view). The weight gradient, a reduction over every row of the batch, stays on ATen: oneDNN
-  was up to 2x slower than MKL there on some shapes;
+  view). The weight gradient, a reduction over every row of the batch, runs on oneDNN only
+  where it measured faster than MKL: with AVX-512 and up to ``WEIGHT_GRAD_MAX_ROWS`` rows; else
+  (more rows, or oneDNN held to AVX2) on ATen;
 * ``"aten"``: ``torch.nn.functional.linear``;
 * ``"auto"`` (the default): ``"onednn"`` on AMD x86-64 CPUs, where MKL runs its AVX2 code, when
   this PyTorch has the op and it passes a self-check; ``"aten"`` elsewhere (Intel CPUs run MKL's
@@ -46,6 +47,12 @@ _setting_error = ""                # why $VMAMBA_LINEAR is invalid
 _onednn_ok: Optional[bool] = None  # whether oneDNN's op exists and passed the self-check (None: not probed)
 _onednn_why = ""                   # why not, when it did not
 _amd: Optional[bool] = None        # whether the CPU is an AMD x86-64 one
+_avx512 = False                    # whether oneDNN may use AVX-512 here (CPU flags, ONEDNN_MAX_CPU_ISA)
+
+# Rows (M) up to which the weight gradient goes to oneDNN when it has AVX-512: on a Zen 5 EPYC
+# oneDNN was 1.4-2.1x MKL there (M = 392..8192), but 0.5-0.9x at M = 25088 with K = 96, and
+# 0.8-0.96x at most shapes when held to AVX2 (benchmarks/bench_dense.py).
+WEIGHT_GRAD_MAX_ROWS = 8192
 
 
 def _check_name(name) -> str:
@@ -124,6 +131,18 @@ def _amd_x86() -> bool:
     return bool(_amd)
 
 
+def _read_avx512() -> bool:
+    """AVX-512 F/BW/DQ/VL in /proc/cpuinfo, and oneDNN not held below it by its environment."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return False
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    allowed = not cap or cap in ("ALL", "DEFAULT") or "AVX512" in cap or "AVX10" in cap
+    return allowed and {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags
+
+
 def _read_amd() -> bool:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
@@ -152,6 +171,13 @@ def _onednn_product(a: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(a, w, bias, "none", [], "")
 
 
+def _weight_grad(gy: Tensor, x2d: Tensor) -> Tensor:
+    """``gy^T @ x2d``, (N, M) @ (M, K), on whichever library was faster for such a product."""
+    if _avx512 and gy.shape[0] <= WEIGHT_GRAD_MAX_ROWS:
+        return _onednn_product(gy.t(), x2d.t(), None)
+    return gy.t().mm(x2d)
+
+
 class _OneDNNLinear(torch.autograd.Function):
     """``x2d @ weight^T + bias`` with the forward and input-gradient products on oneDNN."""
 
@@ -166,7 +192,7 @@ class _OneDNNLinear(torch.autograd.Function):
         x2d, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
         gx = _onednn_product(gy, weight.t(), None) if need_x else None          # (M, N) @ (N, K)
-        gw = gy.t().mm(x2d) if need_w else None                                  # (N, M) @ (M, K), ATen
+        gw = _weight_grad(gy, x2d) if need_w else None                           # (N, M) @ (M, K)
         gb = gy.sum(0) if need_b and ctx.has_bias else None
         return gx, gw, gb
 
@@ -278,12 +304,13 @@ def _resolve_at_import() -> None:
     """Read ``$VMAMBA_LINEAR`` and the CPU vendor, and probe oneDNN where ``auto`` or ``onednn``
     may use it (a few ms), once at import: never inside a ``torch.compile`` trace, which cannot
     read files or run the probe."""
-    global _chosen, _setting_error, _amd, _onednn_ok, _onednn_why
+    global _chosen, _setting_error, _amd, _avx512, _onednn_ok, _onednn_why
     try:
         _chosen = _check_name(os.environ.get("VMAMBA_LINEAR", "auto") or "auto")
     except ValueError as e:
         _chosen, _setting_error = None, str(e)
     _amd = _read_amd()
+    _avx512 = _read_avx512()
     if _chosen == "onednn" or (_chosen == "auto" and _amd):
         _onednn_ok, _onednn_why = _probe_onednn()
 
