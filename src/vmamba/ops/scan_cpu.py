@@ -150,9 +150,13 @@ def cache_dir() -> Path:
 
 
 def _build_key(isa: str) -> str:
+    # The torch installation's path is part of the key: a build's ninja file names that torch's
+    # include and library paths, so two virtual environments sharing one cache would otherwise
+    # rebuild each other's build (about 20 s) every time the other one had loaded it.
     h = hashlib.sha256()
     h.update(_SOURCE.read_bytes())
-    for part in (torch.__version__, sys.version, _cpu_signature(), isa, repr(build_attempts(isa))):
+    for part in (torch.__version__, os.path.dirname(torch.__file__), sys.version, _cpu_signature(), isa,
+                 repr(build_attempts(isa))):
         h.update(part.encode())
     return h.hexdigest()[:16]
 
