@@ -1,14 +1,49 @@
-"""Small helpers shared across the package: image file extensions, progress bars, plotting.
+"""Small helpers shared across the package: image file extensions, the CPU, progress bars, plotting.
 
 tqdm and matplotlib are optional (the ``train`` extra): without them, bars are silent and
 plots are skipped.
 """
 from __future__ import annotations
 
+import functools
+import os
 import sys
 
 # Files that ImageFolder datasets and the ERF tool read as images (Pillow opens all of them).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (``vendor_id``, ``model name``, ``flags`` or
+    ``Features``, ...); empty where there is none (e.g. macOS). Read once per process."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    if fields:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (x86 ``flags``, ARM ``Features``) from :func:`cpu_info`."""
+    info = cpu_info()
+    return set((info.get("flags") or info.get("Features") or "").split())
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def progress_bar(total: int | None, desc: str = "", enabled: bool = True, bytes: bool = False):

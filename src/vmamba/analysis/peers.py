@@ -47,6 +47,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..utils import available_cpus, cpu_flags, cpu_info
+
 # Short names of the timm peers -> timm model names.
 PEERS = {
     "swin_tiny": "swin_tiny_patch4_window7_224",
@@ -103,23 +105,6 @@ class PeerRun:
 # ---------------------------------------------------------------- machine
 
 
-def _cpuinfo() -> dict[str, str]:
-    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if not line.strip():
-                    if fields:
-                        break
-                    continue
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    return fields
-
-
 def isa_features(flags: set[str]) -> list[str]:
     """The SIMD instruction sets that matter here, named from /proc/cpuinfo flags or features."""
     checks = [
@@ -158,13 +143,10 @@ def _linear_engine() -> dict:
 
 def machine_info(timm_version: str | None = None, kernel: bool = True) -> dict:
     """CPU model, ISA, core count, torch/timm versions, the scan kernel build and the dense-layer engine."""
-    cpu = _cpuinfo()
-    flags = set((cpu.get("flags") or cpu.get("Features") or "").split())
+    cpu = cpu_info()
+    flags = cpu_flags()
     model = cpu.get("model name") or cpu.get("Hardware") or cpu.get("CPU part") or platform.processor() or "unknown"
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 0
+    cores = available_cpus()
     capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
     info = {
         "cpu": model,
@@ -224,6 +206,11 @@ def import_timm(preload: str | os.PathLike | None = None):
     return timm, None
 
 
+def _check_peer_linear(peer_linear: str) -> None:
+    if peer_linear not in PEER_LINEAR:
+        raise ValueError(f"peer_linear={peer_linear!r}: expected one of {PEER_LINEAR}")
+
+
 def build_model(name: str, size: int, timm=None, peer_linear: str = "timm") -> nn.Module:
     """A zoo model or a timm peer (short name or timm name) for ``size`` x ``size`` inputs.
 
@@ -232,6 +219,7 @@ def build_model(name: str, size: int, timm=None, peer_linear: str = "timm") -> n
     """
     from ..models import create_model, is_model
 
+    _check_peer_linear(peer_linear)
     if is_model(name):
         return create_model(name, drop_path_rate=0.0)
     if timm is None:
@@ -239,8 +227,6 @@ def build_model(name: str, size: int, timm=None, peer_linear: str = "timm") -> n
     timm_name = PEERS.get(name, name)
     kwargs = {"img_size": size} if timm_name.startswith(_NEEDS_IMG_SIZE) else {}
     model = timm.create_model(timm_name, pretrained=False, num_classes=_NUM_CLASSES, **kwargs)
-    if peer_linear not in PEER_LINEAR:
-        raise ValueError(f"peer_linear={peer_linear!r}: expected one of {PEER_LINEAR}")
     if peer_linear == "vmamba":
         from ..ops.dense import convert_linears
 
@@ -447,8 +433,7 @@ def run_peers(zoo=DEFAULT_ZOO, peers=tuple(PEERS), sizes=(224,), batches=(1,), t
     ``on_progress`` is called with the run so far after each configuration (e.g. to save it).
     """
     log = log or (lambda text: None)
-    if peer_linear not in PEER_LINEAR:
-        raise ValueError(f"peer_linear={peer_linear!r}: expected one of {PEER_LINEAR}")
+    _check_peer_linear(peer_linear)
     notes = []
     timm, why = (None, None)
     if peers:

@@ -1,9 +1,9 @@
 """``vmamba peers``: whole-model CPU speed and memory of the zoo against timm backbones, as ratios."""
 from __future__ import annotations
 
-import os
 import sys
 
+from ..utils import available_cpus
 from . import UsageError
 from .validate import add_preload, check_preload
 
@@ -56,7 +56,7 @@ def add_parser(sub) -> None:
 def resolve(args) -> dict:
     """The run's settings from the parsed arguments (--quick and defaults filled in), validated."""
     base = dict(DEFAULTS, **(QUICK if args.quick else {}))
-    cpus = _cpus()
+    cpus = available_cpus()
     settings = dict(
         sizes=args.sizes or base["sizes"],
         batches=args.batch or base["batch"],
@@ -87,20 +87,13 @@ def resolve(args) -> dict:
     return settings
 
 
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def run(args) -> int:
     from ..analysis.peers import format_report, run_peers, write_csv, write_json
 
     settings = resolve(args)
-    over = [t for t in settings["threads"] if t > _cpus()]
+    over = [t for t in settings["threads"] if t > available_cpus()]
     if over:
-        print(f"warning: --threads {' '.join(map(str, over))} exceeds the {_cpus()} CPUs available", file=sys.stderr)
+        print(f"warning: --threads {' '.join(map(str, over))} exceeds the {available_cpus()} CPUs available", file=sys.stderr)
     def save(partial) -> None:  # after every configuration, so an interrupted run keeps what it measured
         if args.json:
             write_json(partial, args.json)

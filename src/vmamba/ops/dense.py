@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
+from ..utils import cpu_flags, cpu_info
 from .kernel_common import traced
 
 LINEAR_BACKENDS = ("auto", "onednn", "aten")
@@ -46,7 +47,7 @@ _chosen: Optional[str] = None      # the setting: one of LINEAR_BACKENDS (None: 
 _setting_error = ""                # why $VMAMBA_LINEAR is invalid
 _onednn_ok: Optional[bool] = None  # whether oneDNN's op exists and passed the self-check (None: not probed)
 _onednn_why = ""                   # why not, when it did not
-_amd: Optional[bool] = None        # whether the CPU is an AMD x86-64 one
+_amd = False                       # whether the CPU is an AMD x86-64 one
 _avx512 = False                    # whether oneDNN may use AVX-512 here (CPU flags, ONEDNN_MAX_CPU_ISA)
 
 # Rows (M) up to which the weight gradient goes to oneDNN when it has AVX-512: on a Zen 5 EPYC
@@ -122,33 +123,15 @@ def active_linear_backend() -> str:
     if setting == "onednn" and not onednn_available():
         raise RuntimeError(f"$VMAMBA_LINEAR=onednn, but oneDNN's linear is not usable here: {_onednn_why}")
     if setting == "auto":
-        return "onednn" if _amd_x86() and onednn_available() else "aten"
+        return "onednn" if _amd and onednn_available() else "aten"
     return setting
 
 
-def _amd_x86() -> bool:
-    """Whether this is an AMD x86-64 CPU (``vendor_id`` in /proc/cpuinfo; read at import)."""
-    return bool(_amd)
-
-
-def _read_avx512() -> bool:
-    """AVX-512 F/BW/DQ/VL in /proc/cpuinfo, and oneDNN not held below it by its environment."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
-    except OSError:
-        return False
+def _onednn_has_avx512() -> bool:
+    """AVX-512 F/BW/DQ/VL on this CPU, and oneDNN not held below it by its environment."""
     cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
     allowed = not cap or cap in ("ALL", "DEFAULT") or "AVX512" in cap or "AVX10" in cap
-    return allowed and {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags
-
-
-def _read_amd() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            return any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in f)
-    except OSError:
-        return False
+    return allowed and {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= cpu_flags()
 
 
 def linear_info() -> dict:
@@ -159,7 +142,7 @@ def linear_info() -> dict:
         reason = "set to 'onednn'" if setting == "onednn" else "an AMD CPU, where MKL's sgemm runs its AVX2 code"
     elif setting == "aten":
         reason = "set to 'aten'"
-    elif not _amd_x86():
+    elif not _amd:
         reason = "not an AMD x86-64 CPU: ATen's BLAS (MKL on Intel) is kept"
     else:
         reason = _onednn_why
@@ -178,27 +161,41 @@ def _weight_grad(gy: Tensor, x2d: Tensor) -> Tensor:
     return gy.t().mm(x2d)
 
 
-class _OneDNNLinear(torch.autograd.Function):
-    """``x2d @ weight^T + bias`` with the forward and input-gradient products on oneDNN."""
+def _setup(ctx, inputs, output):
+    x2d, weight, bias = inputs
+    ctx.save_for_backward(x2d, weight)
+    ctx.has_bias = bias is not None
 
-    @staticmethod
-    def forward(ctx, x2d: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        ctx.save_for_backward(x2d, weight)
-        ctx.has_bias = bias is not None
-        return _onednn_product(x2d, weight, bias)
 
-    @staticmethod
-    def backward(ctx, gy: Tensor):
+def _rules_backward(grad_input, grad_weight):
+    """The backward of ``x2d @ weight^T + bias`` with the two products given: ``grad_input(gy,
+    weight)`` (M, N) @ (N, K) and ``grad_weight(gy, x2d)`` (N, M) @ (M, K)."""
+    def backward(ctx, gy):
         x2d, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        gx = _onednn_product(gy, weight.t(), None) if need_x else None          # (M, N) @ (N, K)
-        gw = _weight_grad(gy, x2d) if need_w else None                           # (N, M) @ (M, K)
+        gx = grad_input(gy, weight) if need_x else None
+        gw = grad_weight(gy, x2d) if need_w else None
         gb = gy.sum(0) if need_b and ctx.has_bias else None
         return gx, gw, gb
+
+    return backward
+
+
+def _grad_input(gy: Tensor, weight: Tensor) -> Tensor:
+    return _onednn_product(gy, weight.t(), None)
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """``x2d @ weight^T + bias`` with the forward and input-gradient products on oneDNN (eager)."""
+
+    forward = staticmethod(lambda x2d, weight, bias: _onednn_product(x2d, weight, bias))
+    setup_context = staticmethod(_setup)
+    backward = staticmethod(_rules_backward(_grad_input, _weight_grad))
 
 
 # The engine as a torch.library op, for torch.compile: the graph keeps it as one call (with its
 # input-gradient op in the backward graph) instead of a plain linear that Inductor sends to MKL.
+# Same rules as the eager Function; the weight gradient is left to Inductor.
 @torch.library.custom_op("vmamba::onednn_linear", mutates_args=(), device_types="cpu")
 def _onednn_linear_op(x2d: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     return _onednn_product(x2d, weight, bias)
@@ -211,7 +208,7 @@ def _onednn_linear_fake(x2d, weight, bias):
 
 @torch.library.custom_op("vmamba::onednn_linear_grad_input", mutates_args=(), device_types="cpu")
 def _onednn_grad_input_op(gy: Tensor, weight: Tensor) -> Tensor:
-    return _onednn_product(gy, weight.t(), None)
+    return _grad_input(gy, weight)
 
 
 @_onednn_grad_input_op.register_fake
@@ -219,22 +216,10 @@ def _onednn_grad_input_fake(gy, weight):
     return gy.new_empty((gy.shape[0], weight.shape[1]))
 
 
-def _op_setup(ctx, inputs, output):
-    x2d, weight, bias = inputs
-    ctx.save_for_backward(x2d, weight)
-    ctx.has_bias = bias is not None
-
-
-def _op_backward(ctx, gy):
-    x2d, weight = ctx.saved_tensors
-    need_x, need_w, need_b = ctx.needs_input_grad
-    gx = torch.ops.vmamba.onednn_linear_grad_input(gy, weight) if need_x else None
-    gw = gy.t().mm(x2d) if need_w else None
-    gb = gy.sum(0) if need_b and ctx.has_bias else None
-    return gx, gw, gb
-
-
-_onednn_linear_op.register_autograd(_op_backward, setup_context=_op_setup)
+_onednn_linear_op.register_autograd(
+    _rules_backward(lambda gy, weight: torch.ops.vmamba.onednn_linear_grad_input(gy, weight),
+                    lambda gy, x2d: gy.t().mm(x2d)),
+    setup_context=_setup)
 
 
 @register_flop_formula(torch.ops.vmamba.onednn_linear)
@@ -266,13 +251,12 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     rounding, same autograd."""
     if not _takes(x, weight, bias) or active_linear_backend() != "onednn":
         return F.linear(x, weight, bias)
-    x2d = x.reshape(-1, x.shape[-1])
-    if torch.compiler.is_compiling():
-        if torch.compiler.is_exporting():
-            return F.linear(x, weight, bias)
-        return torch.ops.vmamba.onednn_linear(x2d, weight, bias).view(*x.shape[:-1], weight.shape[0])
-    if torch.jit.is_tracing() or traced(x, weight, bias):
+    compiling = torch.compiler.is_compiling()
+    if torch.compiler.is_exporting() if compiling else (torch.jit.is_tracing() or traced(x, weight, bias)):
         return F.linear(x, weight, bias)
+    x2d = x.reshape(-1, x.shape[-1])
+    if compiling:
+        return torch.ops.vmamba.onednn_linear(x2d, weight, bias).view(*x.shape[:-1], weight.shape[0])
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                     or (bias is not None and bias.requires_grad)):
         y = _OneDNNLinear.apply(x2d, weight, bias)
@@ -309,8 +293,8 @@ def _resolve_at_import() -> None:
         _chosen = _check_name(os.environ.get("VMAMBA_LINEAR", "auto") or "auto")
     except ValueError as e:
         _chosen, _setting_error = None, str(e)
-    _amd = _read_amd()
-    _avx512 = _read_avx512()
+    _amd = cpu_info().get("vendor_id") == "AuthenticAMD"
+    _avx512 = _onednn_has_avx512()
     if _chosen == "onednn" or (_chosen == "auto" and _amd):
         _onednn_ok, _onednn_why = _probe_onednn()
 

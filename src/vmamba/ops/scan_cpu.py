@@ -54,6 +54,7 @@ except ImportError:  # Windows
     fcntl = None
     import msvcrt
 
+from ..utils import cpu_flags, cpu_info
 from .backends import register_backend
 from .kernel_common import (
     MODE_IDS, check_scan_mode, cross_scan_op_flops, f32, kernel_output, needs_grad, pixel_map,
@@ -88,23 +89,11 @@ _X86_ISA = {
 }
 
 
-def _cpu_flags() -> set:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def supported_isas() -> list:
     """The kernel builds this CPU can run, best first (always ending with ``"generic"``)."""
     if platform.machine().lower() not in _X86:
         return ["generic"]  # ARM & co.: NEON/SVE come from the compiler's auto-vectorisation
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if flags:
         found = [isa for isa, (need, _) in _X86_ISA.items() if all(f in flags for f in need)]
     else:  # no /proc/cpuinfo: ask ATen what it dispatches to on this CPU
@@ -131,13 +120,8 @@ def selected_isa() -> str:
 
 def _cpu_signature() -> str:
     """A string that changes when the build would not run on (or be tuned for) this CPU."""
-    parts = [platform.system(), platform.machine(), platform.processor(), " ".join(sorted(_cpu_flags()))]
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            parts += [line.strip() for line in f if line.startswith("model name")][:1]
-    except OSError:
-        pass
-    return "|".join(parts)
+    return "|".join([platform.system(), platform.machine(), platform.processor(), " ".join(sorted(cpu_flags())),
+                     cpu_info().get("model name", "")])
 
 
 def cache_dir() -> Path:

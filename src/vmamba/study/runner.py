@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils import available_cpus
 from .plans import Plan
 
 STUDY_FILE = "study.json"  # a finished run's results and analyses
@@ -60,14 +61,6 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the system has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def resolve_jobs(jobs: int, threads: int, device: str = "cpu", cores: int | None = None) -> tuple[int, int]:
     """(parallel runs, torch threads per run) for ``jobs`` and ``threads`` as given.
 
@@ -83,7 +76,7 @@ def resolve_jobs(jobs: int, threads: int, device: str = "cpu", cores: int | None
         import torch
 
         gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-        jobs = 1 if gpu else max(1, (cores or available_cores()) // max(threads, 1))
+        jobs = 1 if gpu else max(1, (cores or available_cpus()) // max(threads, 1))
     if jobs > 1 and threads == 0:
         threads = 1
     return jobs, threads
