@@ -214,3 +214,124 @@ def test_weight_gradient_on_either_library(monkeypatch, avx512, max_rows):
         linear(x, w, b).backward(gy)
     F.linear(x, w_ref, b).backward(gy)
     torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- activation / residual
+
+def _ops_called(fn) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events()}
+
+
+def _composed(x, w, b, activation, residual):
+    y = F.linear(x, w, b)
+    if activation is not None:
+        return {"gelu": F.gelu, "silu": F.silu}[activation](y)
+    return y if residual is None else residual + y
+
+
+@pytest.mark.parametrize("engine", ["auto"] + ENGINES)
+@pytest.mark.parametrize("extra", ["gelu", "silu", "residual", "residual-broadcast"])
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_activation_and_residual_match_the_composed_ops(engine, extra, grad):
+    x, w, b = _inputs((3, 5))
+    activation = extra if extra in ("gelu", "silu") else None
+    residual = {"residual": torch.randn(3, 5, 20), "residual-broadcast": torch.randn(20)}.get(extra)
+    params = [t.clone().requires_grad_(grad) for t in (x, w, b)]
+    ref = [t.detach().clone().requires_grad_(grad) for t in (x, w, b)]
+    with linear_backend(engine):
+        y = linear(*params, activation=activation, residual=residual)
+    y_ref = _composed(*ref, activation, residual)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    if grad:
+        gy = torch.randn_like(y_ref)
+        y.backward(gy)
+        y_ref.backward(gy)
+        for p, r in zip(params, ref):
+            torch.testing.assert_close(p.grad, r.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not dense.onednn_available(), reason="oneDNN's linear op is not usable in this PyTorch")
+@pytest.mark.parametrize("extra", ["gelu", "residual"])
+def test_inference_fuses_into_one_onednn_call_and_training_does_not(extra):
+    x, w, b = _inputs((3, 5))
+    kwargs = {"activation": "gelu"} if extra == "gelu" else {"residual": torch.randn(3, 5, 20)}
+    with linear_backend("onednn"), torch.no_grad():
+        fused = _ops_called(lambda: linear(x, w, b, **kwargs))
+    assert any(name.startswith("mkldnn::_linear_pointwise") for name in fused)
+    assert not fused & {"aten::gelu", "aten::gelu_", "aten::add", "aten::add_", "aten::addmm"}
+    if extra == "residual":  # where MKL runs the plain products the add stays a separate pass
+        with linear_backend("auto"), torch.no_grad():
+            on_auto = _ops_called(lambda: linear(x, w, b, **kwargs))
+        fused_add = any(name.startswith("mkldnn::") for name in on_auto)
+        assert fused_add is (dense.active_linear_backend() == "onednn")
+    w.requires_grad_()
+    with linear_backend("onednn"):
+        composed = _ops_called(lambda: linear(x, w, b, **kwargs))
+    assert composed & {"aten::gelu", "aten::add"}
+    with linear_backend("aten"), torch.no_grad():
+        on_aten = _ops_called(lambda: linear(x, w.detach(), b, **kwargs))
+    assert "aten::addmm" in on_aten and not any("mkldnn" in name for name in on_aten)
+
+
+@pytest.mark.parametrize("vendor_amd, x86, want", [(True, True, True), (False, True, True), (False, False, False)],
+                         ids=["amd", "intel", "not-x86"])
+def test_auto_fuses_inference_products_on_x86(monkeypatch, vendor_amd, x86, want):
+    monkeypatch.setattr(dense, "_amd", vendor_amd)
+    monkeypatch.setattr(dense, "_x86", x86)
+    with linear_backend("auto"):
+        assert linear_info()["fused_inference"] is (want and dense.onednn_available())
+    with linear_backend("aten"):
+        assert linear_info()["fused_inference"] is False
+
+
+def test_bad_activation_or_both_extras_are_named_errors():
+    x, w, b = _inputs((3,))
+    with pytest.raises(ValueError, match="activation 'relu' is not one of 'gelu', 'silu'"):
+        linear(x, w, b, activation="relu")
+    with pytest.raises(ValueError, match="an activation or a residual, not both"):
+        linear(x, w, b, activation="gelu", residual=torch.zeros(3, 20))
+
+
+@pytest.mark.skipif(not dense.onednn_available(), reason="oneDNN's linear op is not usable in this PyTorch")
+def test_compiled_and_exported_fused_calls_are_plain_ops():
+    x, w, b = _inputs((3, 5))
+    r = torch.randn(3, 5, 20)
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm
+
+    with linear_backend("onednn"), torch.no_grad():
+        fn = torch.compile(lambda t: linear(linear(t, w, b, activation="gelu"), w[:, :20], residual=r),
+                           backend=record, fullgraph=True)
+        y = fn(x)
+    torch.testing.assert_close(y, r + F.linear(F.gelu(F.linear(x, w, b)), w[:, :20]), rtol=1e-5, atol=1e-5)
+    assert "gelu" in graphs[0] and "mkldnn" not in graphs[0]
+
+
+@pytest.mark.parametrize("engine", ["auto"] + ENGINES)
+def test_inference_blocks_match_aten_and_hooks_see_the_mixers_own_output(engine):
+    # at inference the blocks add their skip connection inside out_proj / fc2, unless a hook
+    # watches the mixer, whose output must then be the mixer's alone
+    torch.manual_seed(0)
+    model = vmamba.create_model("vmamba_tiny_s1l8", dims=16, depths=(1, 1, 1, 1), num_classes=5).eval()
+    block = model.layers[0].blocks[0]
+    x = torch.randn(2, 3, 64, 64)
+    seen = {}
+    with linear_backend(engine), torch.no_grad():
+        logits = model(x)
+        handles = [block.op.register_forward_hook(lambda m, i, o: seen.__setitem__("op", (i[0], o))),
+                   block.mlp.register_forward_hook(lambda m, i, o: seen.__setitem__("mlp", (i[0], o)))]
+        hooked = model(x)
+        for h in handles:
+            h.remove()
+        op_in, op_out = seen["op"]
+        mlp_in, mlp_out = seen["mlp"]
+        torch.testing.assert_close(op_out, block.op(op_in), rtol=0, atol=0)
+        torch.testing.assert_close(mlp_out, block.mlp(mlp_in), rtol=0, atol=0)
+    torch.testing.assert_close(hooked, logits, rtol=1e-5, atol=1e-5)
+    with linear_backend("aten"), torch.no_grad():  # no fusion: the products and passes composed
+        torch.testing.assert_close(model(x), logits, rtol=1e-5, atol=1e-5)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import Linear
+from ..ops import Linear, linear
 
 
 class Permute(nn.Module):
@@ -83,17 +83,29 @@ class DropPath(nn.Module):
 
 
 class Mlp(nn.Module):
-    """fc1 -> GELU (exact) -> dropout -> fc2 -> dropout, on channel-last tensors."""
+    """fc1 -> GELU (exact) -> dropout -> fc2 -> dropout, on channel-last tensors.
+
+    ``forward(x, residual)`` returns ``residual + mlp(x)``, the add fused into fc2's product at
+    inference (``vmamba.ops.linear``); fc1 and its GELU are one product there too.
+    """
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0):
         super().__init__()
         self.fc1 = Linear(dim, hidden)
-        self.act = nn.GELU()
         self.fc2 = Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.drop(linear(x, self.fc1.weight, self.fc1.bias, activation="gelu"))
+        if residual is not None and is_identity(self.drop):
+            return linear(h, self.fc2.weight, self.fc2.bias, residual=residual)
+        y = self.drop(self.fc2(h))
+        return y if residual is None else residual + y
+
+
+def is_identity(dropout: nn.Module) -> bool:
+    """Whether a dropout or drop-path module passes its input through unchanged right now."""
+    return isinstance(dropout, nn.Identity) or not dropout.training or getattr(dropout, "p", 0.0) == 0.0
 
 
 def _norm(dim: int, enabled: bool = True) -> nn.Module:

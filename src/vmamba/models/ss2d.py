@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import SCAN_MODES, Linear, cross_selective_scan, get_backend, linear
-from .layers import channels_last_conv, check_arg, is_int, to_channels_first
+from .layers import channels_last_conv, check_arg, is_identity, is_int, to_channels_first
 
 K_DIRECTIONS = 4
 
@@ -142,12 +142,14 @@ class SS2D(nn.Module):
         )
         return y.permute(0, 2, 3, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) -> (B, H, W, C), in the dtype of ``x`` (the scan runs in fp32)."""
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C), in the dtype of ``x`` (the scan runs in fp32); plus
+        ``residual`` when given (the block's skip connection, added in out_proj's product at
+        inference)."""
         d = self.d_inner
         inplace = not torch.is_grad_enabled()  # inference: activations overwrite fresh buffers
         if self.z_gate:  # two products from row slices of in_proj: x and z come out dense
-            z = linear(x, self.in_proj.weight[d:])
+            z = linear(x, self.in_proj.weight[d:], activation="silu")
             x = linear(x, self.in_proj.weight[:d])
         else:
             x = self.in_proj(x)
@@ -158,8 +160,11 @@ class SS2D(nn.Module):
         y = self.forward_core(x)
         y = self.out_norm(y.to(self.out_norm.weight.dtype)).to(x.dtype)
         if self.z_gate:
-            y = y.mul_(F.silu(z, inplace=True)) if inplace else y * F.silu(z)
-        return self.dropout(self.out_proj(y))
+            y = y.mul_(z) if inplace else y * z
+        if residual is not None and is_identity(self.dropout):
+            return linear(y, self.out_proj.weight, self.out_proj.bias, residual=residual)
+        y = self.dropout(self.out_proj(y))
+        return y if residual is None else residual + y
 
     def extra_repr(self) -> str:
         return (f"d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, "

@@ -19,6 +19,17 @@ Engines (``set_linear_backend``, the ``linear_backend`` context manager, or ``$V
   this PyTorch has the op and it passes a self-check; ``"aten"`` elsewhere (Intel CPUs run MKL's
   own best code; others were not measured). :func:`linear_info` says which and why.
 
+Products followed by an activation (``linear(..., activation="gelu" | "silu")``) run as one
+oneDNN call with the activation in the product's epilogue when no gradient is needed
+(inference): one pass over the output instead of three (ATen's ``addmm`` first copies the bias
+into the output, then the product, then the activation). ``"auto"`` does that on every x86-64
+CPU, Intel ones included, where plain products stay on MKL: there the fused call measured
+faster than MKL plus the separate pass on most shapes (docs/cpu.md, "Fused inference
+products"). A residual add (``linear(..., residual=r)``) is fused the same way only where oneDNN
+also runs the plain products (on Intel, MKL's product plus an in-place add was faster). Where a
+gradient is needed, under ``"aten"``, and in every traced call the product and the pass are
+composed, in place when no gradient is needed.
+
 Either engine covers only float32 products of CPU tensors outside autocast; every other call
 (float64, bf16/fp16, autocast, GPU, empty inputs) is ``F.linear``. Under ``torch.compile`` the
 oneDNN engine is the custom op ``vmamba::onednn_linear`` (Inductor would otherwise call MKL's
@@ -31,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 from typing import Iterator, Optional
 
 import torch
@@ -48,6 +60,7 @@ _setting_error = ""                # why $VMAMBA_LINEAR is invalid
 _onednn_ok: Optional[bool] = None  # whether oneDNN's op exists and passed the self-check (None: not probed)
 _onednn_why = ""                   # why not, when it did not
 _amd = False                       # whether the CPU is an AMD x86-64 one
+_x86 = False                       # whether the CPU is an x86-64 one (Intel or AMD)
 _avx512 = False                    # whether oneDNN may use AVX-512 here (CPU flags, ONEDNN_MAX_CPU_ISA)
 
 # Rows (M) up to which the weight gradient goes to oneDNN when it has AVX-512: on a Zen 5 EPYC
@@ -68,6 +81,11 @@ def _setting() -> str:
     return _chosen
 
 
+# activation name -> (oneDNN post-op, its algorithm, the eager function)
+_POST_OPS = {"gelu": ("gelu", "none", F.gelu), "silu": ("swish", "", F.silu)}
+ACTIVATIONS = tuple(_POST_OPS)
+
+
 def onednn_available() -> bool:
     """Whether oneDNN's linear op exists in this PyTorch and agrees with ``F.linear`` (checked
     once, on a small product with a transposed operand as the backward uses)."""
@@ -86,8 +104,12 @@ def _probe_onednn() -> tuple[bool, str]:
     try:
         g = torch.Generator().manual_seed(0)
         x, w, b = (torch.randn(s, generator=g) for s in ((37, 24), (20, 24), (20,)))
-        ok = (torch.allclose(op(x, w, b, "none", [], ""), F.linear(x, w, b), rtol=1e-4, atol=1e-4)
-              and torch.allclose(op(x.t(), x.t(), None, "none", [], ""), x.t() @ x, rtol=1e-4, atol=1e-4))
+        y, r = F.linear(x, w, b), torch.randn(37, 20, generator=g)
+        close = lambda a, ref: torch.allclose(a, ref, rtol=1e-4, atol=1e-4)  # noqa: E731
+        ok = (close(op(x, w, b, "none", [], ""), y)
+              and close(op(x.t(), x.t(), None, "none", [], ""), x.t() @ x)
+              and all(close(op(x, w, b, attr, [], algo), fn(y)) for attr, algo, fn in _POST_OPS.values())
+              and close(op.binary(x, r, w, b, "add"), y + r))
     except Exception as e:  # an op that exists but fails on this CPU: ATen's product still works
         return False, f"oneDNN's linear failed its self-check: {type(e).__name__}: {e}"
     return (True, "") if ok else (False, "oneDNN's linear disagreed with F.linear in its self-check")
@@ -127,6 +149,15 @@ def active_linear_backend() -> str:
     return setting
 
 
+def fused_on_onednn() -> bool:
+    """Whether inference products with an activation or a residual add run as one oneDNN call:
+    under ``"onednn"``, and under ``"auto"`` on x86-64 CPUs where oneDNN's op is usable."""
+    setting = _setting()
+    if setting == "onednn":
+        return active_linear_backend() == "onednn"
+    return setting == "auto" and _x86 and onednn_available()
+
+
 def _onednn_has_avx512() -> bool:
     """AVX-512 F/BW/DQ/VL on this CPU, and oneDNN not held below it by its environment."""
     cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
@@ -146,7 +177,8 @@ def linear_info() -> dict:
         reason = "not an AMD x86-64 CPU: ATen's BLAS (MKL on Intel) is kept"
     else:
         reason = _onednn_why
-    return dict(setting=setting, engine=engine, onednn_available=onednn_available(), reason=reason)
+    return dict(setting=setting, engine=engine, onednn_available=onednn_available(), reason=reason,
+                fused_inference=fused_on_onednn())
 
 
 def _onednn_product(a: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -242,13 +274,64 @@ def _takes(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
             and not torch.is_autocast_enabled("cpu"))
 
 
-def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+def _needs_grad(*tensors: Optional[Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _plain_call() -> bool:
+    """Whether this call is being compiled, exported or traced (then only ATen-level ops)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, activation: Optional[str] = None,
+           residual: Optional[Tensor] = None) -> Tensor:
     """``F.linear(x, weight, bias)``: x (..., K), weight (N, K), bias (N,) or None -> (..., N).
+
+    With ``activation`` (``"gelu"``, exact, or ``"silu"``) the result is ``activation(F.linear(...))``;
+    with ``residual`` (broadcastable to (..., N)) it is ``residual + F.linear(...)``; not both.
 
     CPU float32 products run on the engine :func:`active_linear_backend` names (under
     ``torch.compile`` as the op ``vmamba::onednn_linear``); everything else, and every call traced
-    for export, FLOP counting or a functorch transform, is ``F.linear``. Same values up to float32
-    rounding, same autograd."""
+    for export, FLOP counting or a functorch transform, is ``F.linear``. Where no gradient is
+    needed and :func:`fused_on_onednn` holds, a product with an activation is one oneDNN call with
+    the activation in its epilogue, and so is a product with a residual of the output's shape
+    where oneDNN is also the engine of plain products. Otherwise the activation or the add is a
+    separate pass, in place when no gradient is needed. Same values up to float32 rounding, same
+    autograd."""
+    if activation is not None and activation not in _POST_OPS:
+        raise ValueError(f"linear: activation {activation!r} is not one of {', '.join(map(repr, ACTIVATIONS))}")
+    if activation is not None and residual is not None:
+        raise ValueError("linear: give an activation or a residual, not both")
+    if activation is None and residual is None:
+        return _linear(x, weight, bias)
+    no_grad = not _needs_grad(x, weight, bias, residual)
+    if (no_grad and _takes(x, weight, bias) and not _plain_call() and fused_on_onednn()
+            and not traced(x, weight, bias, residual)):
+        x2d = x.reshape(-1, x.shape[-1])
+        out_shape = (*x.shape[:-1], weight.shape[0])
+        if activation is not None:
+            attr, algorithm, _ = _POST_OPS[activation]
+            return torch.ops.mkldnn._linear_pointwise(x2d, weight, bias, attr, [], algorithm).view(out_shape)
+        # the add only where oneDNN runs the plain products too: on Intel MKL's product plus an
+        # in-place add measured faster than oneDNN's product with the add fused
+        if (residual.shape == out_shape and residual.dtype == torch.float32
+                and residual.device.type == "cpu" and active_linear_backend() == "onednn"):
+            return torch.ops.mkldnn._linear_pointwise.binary(
+                x2d, residual.reshape(-1, weight.shape[0]), weight, bias, "add").view(out_shape)
+    y = _linear(x, weight, bias)
+    in_place = no_grad and not _plain_call() and not traced(x, weight, bias, residual)  # y: fresh, ours
+    if activation is not None:
+        fn = _POST_OPS[activation][2]
+        if not in_place:
+            return fn(y)
+        return torch.ops.aten.gelu_(y) if activation == "gelu" else F.silu(y, inplace=True)
+    if in_place and torch.broadcast_shapes(residual.shape, y.shape) == y.shape and residual.dtype == y.dtype:
+        return y.add_(residual)
+    return residual + y
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """The plain product on the active engine (see :func:`linear`)."""
     if not _takes(x, weight, bias) or active_linear_backend() != "onednn":
         return F.linear(x, weight, bias)
     compiling = torch.compiler.is_compiling()
@@ -257,8 +340,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     x2d = x.reshape(-1, x.shape[-1])
     if compiling:
         return torch.ops.vmamba.onednn_linear(x2d, weight, bias).view(*x.shape[:-1], weight.shape[0])
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
+    if _needs_grad(x, weight, bias):
         y = _OneDNNLinear.apply(x2d, weight, bias)
     else:
         y = _onednn_product(x2d, weight, bias)
@@ -288,14 +370,15 @@ def _resolve_at_import() -> None:
     """Read ``$VMAMBA_LINEAR`` and the CPU vendor, and probe oneDNN where ``auto`` or ``onednn``
     may use it (a few ms), once at import: never inside a ``torch.compile`` trace, which cannot
     read files or run the probe."""
-    global _chosen, _setting_error, _amd, _avx512, _onednn_ok, _onednn_why
+    global _chosen, _setting_error, _amd, _x86, _avx512, _onednn_ok, _onednn_why
     try:
         _chosen = _check_name(os.environ.get("VMAMBA_LINEAR", "auto") or "auto")
     except ValueError as e:
         _chosen, _setting_error = None, str(e)
-    _amd = cpu_info().get("vendor_id") == "AuthenticAMD"
+    _x86 = platform.machine().lower() in ("x86_64", "amd64")
+    _amd = _x86 and cpu_info().get("vendor_id") == "AuthenticAMD"
     _avx512 = _onednn_has_avx512()
-    if _chosen == "onednn" or (_chosen == "auto" and _amd):
+    if _chosen == "onednn" or (_chosen == "auto" and _x86):
         _onednn_ok, _onednn_why = _probe_onednn()
 
 
