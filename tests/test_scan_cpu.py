@@ -433,3 +433,50 @@ def test_fused_cross_scan_strided_delta(mode):
     assert d.stride(2) == 1 and x.stride(1) == 1
     out = scan_cpu.cross_selective_scan_cpu(**{**ins, "x": x, "delta": d}, delta_softplus=True, mode=mode)
     assert torch.equal(out, ref)
+
+
+def _channel_last_delta(delta):
+    """SS2D's layout of delta: (b, 4, d, H, W) viewed from (4, b, H, W, d) memory."""
+    return delta.permute(1, 0, 3, 4, 2).contiguous().permute(1, 0, 4, 2, 3)
+
+
+@pytest.mark.parametrize("mode", ["cross2d", "unidi", "bidi"])
+@pytest.mark.parametrize("size", [(2, 20, 5, 7, 4), (1, 16, 9, 8, 16), (1, 17, 3, 30, 1)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_channel_last_delta_gradient_comes_back_in_its_layout(mode, size):
+    # the kernel writes d delta with delta's strides (no transposing copy on the way back to
+    # the step-size projection); values as the composition's, partial lanes and columns included
+    b, d, h, w, n = size
+    ins = cross_inputs(b, d, h, w, n, seed=h + w)
+    names = list(ins)
+    c_in = {k: v.clone() for k, v in ins.items()}
+    c_in["delta"] = _channel_last_delta(ins["delta"])
+    c_in = {k: v.requires_grad_() for k, v in c_in.items()}
+    r_in = {k: v.double().requires_grad_() for k, v in ins.items()}
+    y_c = scan_cpu.cross_selective_scan_cpu(**c_in, delta_softplus=True, mode=mode)
+    y_r = composed_reference(*[r_in[k] for k in names], mode=mode)
+    gy = torch.randn(y_r.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    g_c = dict(zip(names, torch.autograd.grad((y_c.double() * gy).sum(), [c_in[k] for k in names])))
+    g_r = dict(zip(names, torch.autograd.grad((y_r * gy).sum(), [r_in[k] for k in names])))
+    assert g_c["delta"].stride() == c_in["delta"].stride()
+    for k in names:
+        assert rel_err(g_c[k], g_r[k]) <= TOL, (k, rel_err(g_c[k], g_r[k]))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channel-last"])
+def test_backward_fake_strides_match_the_kernel(layout):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    ins = cross_inputs(1, 16, 4, 3, 4, seed=5)
+    if layout == "channel-last":
+        ins["delta"] = _channel_last_delta(ins["delta"])
+    c_in = {k: v.clone().requires_grad_() for k, v in ins.items()}
+    y, states = torch.ops.vmamba.cross_selective_scan_cpu(*c_in.values(), True, "cross2d", True)
+    args = (torch.ones_like(y), *[v.detach() for v in ins.values()], states.detach(), True, "cross2d")
+    bwd = torch.ops.vmamba.cross_selective_scan_cpu_backward
+    real = bwd(*args)
+    with FakeTensorMode(allow_non_fake_inputs=False) as fake_mode:
+        fake = bwd(*[fake_mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+    for r, f in zip(real, fake):
+        assert tuple(r.shape) == tuple(f.shape) and r.stride() == f.stride() and r.dtype == f.dtype
+    assert real[1].stride() == ins["delta"].stride()

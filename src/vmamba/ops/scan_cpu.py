@@ -57,7 +57,7 @@ except ImportError:  # Windows
 from ..utils import cpu_flags, cpu_info
 from .backends import register_backend
 from .kernel_common import (
-    MODE_IDS, check_scan_mode, cross_scan_op_flops, f32, kernel_output, needs_grad, pixel_map,
+    MODE_IDS, check_scan_mode, cross_ddelta_like, cross_scan_op_flops, f32, kernel_output, needs_grad, pixel_map,
     register_cross_autograd, register_scan_autograd, scan_op_flops, scan_order, traced,
 )
 
@@ -414,10 +414,14 @@ def _cross_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, 
                   mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients (fp32) of x, delta, A, B, C, D, delta_bias."""
     h, w = x.shape[-2:]
+    dd = pixel_map(delta.to(x.dtype))
     dx, ddelta, dAp, dBp, dCp, dDp, dbp, _ = _ext_or_raise().backward(
-        dy.float().contiguous(), None, pixel_map(x), pixel_map(delta.to(x.dtype)), f32(A),
+        dy.float().contiguous(), None, pixel_map(x), dd, f32(A),
         _scan_rows(B, mode), _scan_rows(C, mode), f32(D), f32(delta_bias), None, states,
         delta_softplus, 4, MODE_IDS[mode])
+    want = cross_ddelta_like(dd)  # the layout the fake op promises (the kernel's own choice)
+    if ddelta.stride() != want.stride():
+        ddelta = want.copy_(ddelta)
     dB = _from_scan_order(dBp.sum(2).transpose(-1, -2), mode, h, w)
     dC = _from_scan_order(dCp.sum(2).transpose(-1, -2), mode, h, w)
     return dx, ddelta, dAp.sum(0), dB, dC, dDp.sum(0), dbp.sum(0)
@@ -431,7 +435,7 @@ _cross_bwd_op = torch.library.custom_op(CROSS_SCAN_OP + "_backward", _cross_back
 def _cross_bwd_fake(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus, mode):
     f = torch.float32
     kd = A.shape[0]
-    return (x.new_empty(x.shape, dtype=f), delta.new_empty(delta.shape, dtype=f), A.new_empty(A.shape, dtype=f),
+    return (x.new_empty(x.shape, dtype=f), cross_ddelta_like(pixel_map(delta.to(x.dtype))), A.new_empty(A.shape, dtype=f),
             B.new_empty(B.shape, dtype=f), C.new_empty(C.shape, dtype=f), x.new_empty((kd,), dtype=f),
             x.new_empty((kd,), dtype=f))
 

@@ -19,6 +19,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_strided.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -295,7 +296,8 @@ struct Problem {
   const float* dout;   // like y
   const float* dlast;  // (batch, K * Dch, N) or null
   float* du;           // like u (fp32); accumulated for cross
-  float* ddelta;       // like delta (fp32)
+  float* ddelta;       // like delta (fp32): (batch, K * Dch, L), or delta's strides sd when dd_cl
+  bool dd_cl;          // ddelta has delta's channel-last strides (channel stride 1)
   float* dz;           // like z (fp32)
   float* dAp;          // (batch, K * Dch, N)
   float* dDp;          // (batch, K * Dch)
@@ -533,6 +535,23 @@ static void map_to_columns(vf* dst, const void* base, int dtype, int64_t offset,
 
 // The inverse, into a contiguous fp32 map of the nl channels (channel stride stride_c):
 // out[w * stride_c + r * Wd + c] (+)= lanes(src[c * H + r])[w].
+// The nl valid lanes of v to p[0..nl): one step's channels of a channel-last map.
+static inline void store_lanes(float* p, const vf& v, int nl) {
+  if (nl == W) {
+    std::memcpy(p, &v, sizeof v);
+    return;
+  }
+  const float* l = lanes(v);
+  for (int w = 0; w < nl; ++w) p[w] = l[w];
+}
+
+// A column-major copy src[c * H + r] (as map_to_columns makes) back into a channel-last map:
+// the lanes of pixel (r, c) to out[(r * Wd + c) * stride_p].
+static void columns_to_channel_last(float* out, int64_t stride_p, const vf* src, int64_t H, int64_t Wd, int nl) {
+  for (int64_t c = 0; c < Wd; ++c)
+    for (int64_t r = 0; r < H; ++r) store_lanes(out + (r * Wd + c) * stride_p, src[c * H + r], nl);
+}
+
 static void columns_to_map(float* out, int64_t stride_c, const vf* src, int64_t H, int64_t Wd, int nl,
                            bool accumulate) {
   for (int64_t r0 = 0; r0 < H; r0 += RP) {
@@ -944,11 +963,19 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
         }
       } else {
         store_tile(P.du + u_b + c0 * L, L, pidx, du_t, tc, nl, P.cross);
-        store_tile(P.ddelta + d_b, L, pidx, dd_t, tc, nl, false);
+        if (P.dd_cl) {  // one vector store per step, in delta's own layout
+          float* ddk = P.ddelta + b * P.sd[0] + k * P.sd[1] + c0;
+          for (int j = 0; j < tc; ++j) store_lanes(ddk + pidx[j] * P.sd[3], dd_t[j], nl);
+        } else {
+          store_tile(P.ddelta + d_b, L, pidx, dd_t, tc, nl, false);
+        }
         if (P.has_z) store_tile(P.dz + u_b + c0 * L, L, pidx, dz_t, tc, nl, false);
       }
     }
-    if (cols) columns_to_map(P.ddelta + d_b, L, dc, P.H, P.Wd, nl, false);
+    if (cols && P.dd_cl)
+      columns_to_channel_last(P.ddelta + b * P.sd[0] + k * P.sd[1] + c0, P.sd[3], dc, P.H, P.Wd, nl);
+    else if (cols)
+      columns_to_map(P.ddelta + d_b, L, dc, P.H, P.Wd, nl, false);
     for (int w = 0; w < nl; ++w) {
       const int64_t c = b * P.K * P.Dch + sc0 + w;
       for (int n = 0; n < N; ++n) P.dAp[c * N + n] = lanes(dA_acc[n])[w];
@@ -1129,7 +1156,11 @@ std::vector<at::Tensor> backward(const at::Tensor& dout, const c10::optional<at:
               "vmamba cpu scan: dout must be a contiguous float32 tensor shaped like u");
   auto f32 = u.options().dtype(at::kFloat);
   at::Tensor du = P.cross ? at::zeros(u.sizes(), f32) : at::empty(u.sizes(), f32);
-  at::Tensor ddelta = at::empty(delta.sizes(), f32);
+  // d delta of the fused cross scan in delta's own channel-last layout when delta has one (SS2D's
+  // step sizes come out of their projection so): the autograd graph then takes it back to the
+  // projection's output without a transposing copy.
+  P.dd_cl = P.cross && P.sd[2] == 1 && delta.is_non_overlapping_and_dense();
+  at::Tensor ddelta = P.dd_cl ? at::empty_strided(delta.sizes(), delta.strides(), f32) : at::empty(delta.sizes(), f32);
   at::Tensor dz = P.has_z ? at::empty(u.sizes(), f32) : at::empty({0}, f32);
   at::Tensor dAp = at::empty({P.batch, K * P.Dch, P.N}, f32);
   at::Tensor dDp = at::empty({P.batch, K * P.Dch}, f32);
