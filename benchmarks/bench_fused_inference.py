@@ -6,7 +6,12 @@ the zoo models with that on (``fused``, as shipped) and off (``unfused``: the sa
 engine, the activation and the add as separate passes), in one process, interleaved rounds,
 median, fp32, 224x224, batch 1 and 8. Logits of the two are compared first.
 
-Usage: ``python benchmarks/bench_fused_inference.py [--models ...] [--threads 2] [--rounds 7]``.
+With ``--products``, times single products instead: ATen's product followed by an in-place
+GELU or residual add, against the oneDNN call with the GELU or the add in its epilogue, at the
+MLP shapes of the tiny models at 224 px (batch 1 and 8), with the caches flushed before each call
+as inside a whole forward.
+
+Usage: ``python benchmarks/bench_fused_inference.py [--models ...] [--threads 2] [--rounds 7] [--products]``.
 """
 from __future__ import annotations
 
@@ -38,12 +43,50 @@ def run(model, x, fused: bool) -> torch.Tensor:
         dense.fused_on_onednn = saved
 
 
+# (M, K, N) of fc1 (K -> N); fc2 is the same with K and N exchanged
+PRODUCTS = [(196, 96, 384), (3136, 96, 384), (25088, 96, 384), (784, 192, 768), (6272, 192, 768),
+            (196, 384, 1536), (3136, 384, 1536), (49, 768, 3072), (784, 768, 3072)]
+
+
+def time_products(rounds: int) -> None:
+    """Per MLP product: ATen + in-place pass against the fused oneDNN call (ms, median)."""
+    import torch.nn.functional as F
+
+    op = torch.ops.mkldnn._linear_pointwise
+    flush = torch.empty(48 * 2 ** 20 // 4)
+
+    def median_ms(fn) -> float:
+        ts = []
+        for _ in range(rounds):
+            flush.add_(1.0)
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts) * 1e3
+
+    print("| M x K x N | ATen + gelu_ | fused GELU | x | ATen + add_ | fused add | x |")
+    print("|---|---|---|---|---|---|---|")
+    g = torch.Generator().manual_seed(0)
+    for m, k, n in PRODUCTS:
+        x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g) / k ** 0.5, torch.randn(n, generator=g)
+        h, w2, b2, r = (torch.randn(m, n, generator=g), torch.randn(k, n, generator=g) / n ** 0.5,
+                        torch.randn(k, generator=g), torch.randn(m, k, generator=g))
+        with torch.no_grad():
+            cells = [median_ms(lambda: torch.ops.aten.gelu_(F.linear(x, w, b))),
+                     median_ms(lambda: op(x, w, b, "gelu", [], "none")),
+                     median_ms(lambda: F.linear(h, w2, b2).add_(r)),
+                     median_ms(lambda: op.binary(h, r, w2, b2, "add"))]
+        print(f"| {m} x {k} x {n} | {cells[0]:.3f} | {cells[1]:.3f} | {cells[0] / cells[1]:.2f} "
+              f"| {cells[2]:.3f} | {cells[3]:.3f} | {cells[2] / cells[3]:.2f} |", flush=True)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["vmamba_tiny_s1l8", "vanilla_vmamba_tiny"])
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--products", action="store_true", help="time single MLP products instead of models")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     info = machine_info()
@@ -52,6 +95,11 @@ def main(argv=None) -> None:
     print(f"dense layers: {linear_info()}")
     if not linear_info()["fused_inference"]:
         print("fusion is off here (setting 'aten', or no usable oneDNN): both variants are the same")
+    if args.products:
+        if not dense.onednn_available():
+            raise SystemExit("oneDNN's linear op is not usable in this PyTorch: no fused products to time")
+        time_products(args.rounds)
+        return
     print("| model | batch | unfused ms | fused ms | x | max logit diff |")
     print("|---|---|---|---|---|---|")
     for name in args.models:
