@@ -51,7 +51,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from ..utils import cpu_flags, cpu_info
-from .kernel_common import traced
+from .kernel_common import eager_function, traced
 
 LINEAR_BACKENDS = ("auto", "onednn", "aten")
 
@@ -217,12 +217,9 @@ def _grad_input(gy: Tensor, weight: Tensor) -> Tensor:
     return _onednn_product(gy, weight.t(), None)
 
 
-class _OneDNNLinear(torch.autograd.Function):
-    """``x2d @ weight^T + bias`` with the forward and input-gradient products on oneDNN (eager)."""
-
-    forward = staticmethod(lambda x2d, weight, bias: _onednn_product(x2d, weight, bias))
-    setup_context = staticmethod(_setup)
-    backward = staticmethod(_rules_backward(_grad_input, _weight_grad))
+# ``x2d @ weight^T + bias`` with the forward and input-gradient products on oneDNN (eager)
+_OneDNNLinear = eager_function("_OneDNNLinear", lambda x2d, weight, bias: _onednn_product(x2d, weight, bias),
+                               _setup, _rules_backward(_grad_input, _weight_grad))
 
 
 # The engine as a torch.library op, for torch.compile: the graph keeps it as one call (with its

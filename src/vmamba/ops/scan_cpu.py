@@ -362,7 +362,10 @@ def selective_scan_cpu(
     contract: CPU tensors, fp32/bf16/fp16, d_state at most ``MAX_STATE``, no empty input.
     """
     save = needs_grad(u, delta, A, B, C, D, delta_bias, z)
-    op = _scan_op if traced(u, delta, A, B, C, D, delta_bias, z) else _ScanFunction.apply
+    if traced(u, delta, A, B, C, D, delta_bias, z):
+        op = _scan_op
+    else:  # without gradients the kernel itself: autograd.Function.apply binds its arguments by inspect
+        op = _ScanFunction.apply if save else _scan_forward
     y, last, _ = op(u, delta, A, B, C, D, delta_bias, z, bool(delta_softplus), save)
     return kernel_output(y, last, u, out_float, return_last_state)
 
@@ -450,7 +453,10 @@ def cross_selective_scan_cpu(x, delta, A, B, C, *, D=None, delta_bias=None, delt
     Called, like the plain op, only inside the backend's contract."""
     check_scan_mode(mode)
     save = needs_grad(x, delta, A, B, C, D, delta_bias)
-    op = _cross_op if traced(x, delta, A, B, C, D, delta_bias) else _CrossScanFunction.apply
+    if traced(x, delta, A, B, C, D, delta_bias):
+        op = _cross_op
+    else:  # as in selective_scan_cpu
+        op = _CrossScanFunction.apply if save else _cross_forward
     y, _ = op(x, delta, A, B, C, D, delta_bias, bool(delta_softplus), mode, save)
     return y if out_float else y.to(x.dtype)
 
