@@ -480,3 +480,42 @@ def test_backward_fake_strides_match_the_kernel(layout):
     for r, f in zip(real, fake):
         assert tuple(r.shape) == tuple(f.shape) and r.stride() == f.stride() and r.dtype == f.dtype
     assert real[1].stride() == ins["delta"].stride()
+
+
+@pytest.mark.parametrize("mode", ["cross2d", "unidi", "bidi"])
+@pytest.mark.parametrize("size", [(2, 20, 5, 7, 4), (1, 16, 9, 8, 16), (1, 1, 3, 4, 1), (1, 17, 1, 1, 2)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_channel_last_map_gives_channel_last_y_with_the_same_values(mode, size):
+    # SS2D's map is channel-last; y then comes out channel-last (out_norm reads it without a
+    # copy) and the backward reads dy in that layout; values and gradients as the contiguous run's
+    b, d, h, w, n = size
+    ins = cross_inputs(b, d, h, w, n, seed=d + h)
+    names = list(ins)
+    runs = {}
+    for layout in ("contiguous", "channel-last"):
+        c_in = {k: v.clone() for k, v in ins.items()}
+        if layout == "channel-last":
+            c_in["x"] = c_in["x"].contiguous(memory_format=torch.channels_last)
+            c_in["delta"] = _channel_last_delta(c_in["delta"])
+        c_in = {k: v.requires_grad_() for k, v in c_in.items()}
+        y = scan_cpu.cross_selective_scan_cpu(**c_in, delta_softplus=True, mode=mode)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(4))
+        runs[layout] = (y, torch.autograd.grad(y, [c_in[k] for k in names], gy))
+    y_cl = runs["channel-last"][0]
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y_cl, runs["contiguous"][0], rtol=0, atol=0)
+    for k, a, r in zip(names, runs["channel-last"][1], runs["contiguous"][1]):
+        torch.testing.assert_close(a, r, rtol=1e-6, atol=1e-6, msg=k)
+
+
+def test_forward_fake_strides_match_the_kernel():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    ins = cross_inputs(1, 16, 4, 3, 4, seed=6)
+    for x in (ins["x"], ins["x"].contiguous(memory_format=torch.channels_last)):
+        args = (x, *list(ins.values())[1:], True, "cross2d", False)
+        real = torch.ops.vmamba.cross_selective_scan_cpu(*args)
+        with FakeTensorMode() as fake_mode:
+            fake = torch.ops.vmamba.cross_selective_scan_cpu(
+                *[fake_mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+        assert real[0].stride() == fake[0].stride()

@@ -389,6 +389,12 @@ def _scan_rows(m: Tensor, mode: str) -> Tensor:
     return scan_order(m.float(), mode).transpose(-1, -2).contiguous()
 
 
+def _y_format(x: Tensor) -> torch.memory_format:
+    """The layout of the fused kernel's y (and of the dy it reads): channel-last for a channel-last
+    map ``x`` (SS2D's), so that y goes on to out_norm without a copy; else contiguous."""
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
 def _cross_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
               delta_bias: Optional[Tensor], delta_softplus: bool, mode: str,
               save_states: bool) -> tuple[Tensor, Tensor]:
@@ -406,7 +412,7 @@ _cross_op = torch.library.custom_op(CROSS_SCAN_OP, _cross_forward, mutates_args=
 def _cross_op_fake(x, delta, A, B, C, D, delta_bias, delta_softplus, mode, save_states):
     b, d, h, w = x.shape
     n = A.shape[1]
-    y = x.new_empty((b, d, h, w), dtype=torch.float32)
+    y = torch.empty((b, d, h, w), dtype=torch.float32, device=x.device, memory_format=_y_format(pixel_map(x)))
     states = (x.new_empty(_states_shape(b, 4, 1, d, h * w, n), dtype=torch.float32)
               if save_states else x.new_empty((0,), dtype=torch.float32))
     return y, states
@@ -417,9 +423,9 @@ def _cross_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, 
                   mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients (fp32) of x, delta, A, B, C, D, delta_bias."""
     h, w = x.shape[-2:]
-    dd = pixel_map(delta.to(x.dtype))
+    dd, xm = pixel_map(delta.to(x.dtype)), pixel_map(x)
     dx, ddelta, dAp, dBp, dCp, dDp, dbp, _ = _ext_or_raise().backward(
-        dy.float().contiguous(), None, pixel_map(x), dd, f32(A),
+        dy.float().contiguous(memory_format=_y_format(xm)), None, xm, dd, f32(A),
         _scan_rows(B, mode), _scan_rows(C, mode), f32(D), f32(delta_bias), None, states,
         delta_softplus, 4, MODE_IDS[mode])
     want = cross_ddelta_like(dd)  # the layout the fake op promises (the kernel's own choice)

@@ -280,6 +280,7 @@ struct Problem {
   int dtype;  // of u, delta, z: 0 fp32, 1 bf16, 2 fp16
   int64_t su[3], sd[4], sz[3];  // element strides: u, z (batch, channel, pixel); delta (batch, direction, channel, pixel)
   bool softplus, has_D, has_bias, has_z, save, cross;
+  bool y_cl;           // cross: y and dout channel-last, (batch, L, Dch) memory, as a channel-last x
   const void* u;       // plain: (batch, Dch, L); cross: x (batch, Dch, H, W)
   const void* delta;   // (batch, K * Dch, L), pixel layout for cross
   const void* z;       // plain only: (batch, Dch, L)
@@ -289,7 +290,7 @@ struct Problem {
   const float* Bt;     // (batch, K * G, L, N), scan order
   const float* Ct;
   // forward outputs
-  float* y;            // plain: (batch, Dch, L) written; cross: (batch, Dch, L) accumulated
+  float* y;            // plain: (batch, Dch, L) written; cross: (batch, Dch, L) or (y_cl) (batch, L, Dch) accumulated
   float* last;         // (batch, K * Dch, N)
   float* states;       // (batch, K, G * nblk, nchunks, N, W)
   // backward
@@ -535,21 +536,28 @@ static void map_to_columns(vf* dst, const void* base, int dtype, int64_t offset,
 
 // The inverse, into a contiguous fp32 map of the nl channels (channel stride stride_c):
 // out[w * stride_c + r * Wd + c] (+)= lanes(src[c * H + r])[w].
-// The nl valid lanes of v to p[0..nl): one step's channels of a channel-last map.
-static inline void store_lanes(float* p, const vf& v, int nl) {
+// The nl valid lanes of v to (or added to) p[0..nl): one step's channels of a channel-last map.
+static inline void store_lanes(float* p, const vf& v, int nl, bool accumulate = false) {
   if (nl == W) {
-    std::memcpy(p, &v, sizeof v);
+    vf o = v;
+    if (accumulate) {
+      vf prev;
+      std::memcpy(&prev, p, sizeof prev);
+      o = o + prev;
+    }
+    std::memcpy(p, &o, sizeof o);
     return;
   }
   const float* l = lanes(v);
-  for (int w = 0; w < nl; ++w) p[w] = l[w];
+  for (int w = 0; w < nl; ++w) p[w] = accumulate ? p[w] + l[w] : l[w];
 }
 
 // A column-major copy src[c * H + r] (as map_to_columns makes) back into a channel-last map:
-// the lanes of pixel (r, c) to out[(r * Wd + c) * stride_p].
-static void columns_to_channel_last(float* out, int64_t stride_p, const vf* src, int64_t H, int64_t Wd, int nl) {
+// the lanes of pixel (r, c) to (or added to) out[(r * Wd + c) * stride_p].
+static void columns_to_channel_last(float* out, int64_t stride_p, const vf* src, int64_t H, int64_t Wd, int nl,
+                                    bool accumulate = false) {
   for (int64_t c = 0; c < Wd; ++c)
-    for (int64_t r = 0; r < H; ++r) store_lanes(out + (r * Wd + c) * stride_p, src[c * H + r], nl);
+    for (int64_t r = 0; r < H; ++r) store_lanes(out + (r * Wd + c) * stride_p, src[c * H + r], nl, accumulate);
 }
 
 static void columns_to_map(float* out, int64_t stride_c, const vf* src, int64_t H, int64_t Wd, int nl,
@@ -670,6 +678,9 @@ void forward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vect
           const int64_t i = column_index(k, t0 + j, L);
           yc[i] = k == 1 ? y_t[j] : yc[i] + y_t[j];
         }
+      } else if (P.y_cl) {  // one vector add per step into the pixel's channels
+        float* yb = P.y + u_b + c0;
+        for (int j = 0; j < tc; ++j) store_lanes(yb + pidx[j] * P.Dch, y_t[j], nl, true);
       } else {
         store_tile(P.y + u_b + c0 * L, L, pidx, y_t, tc, nl, P.cross);
       }
@@ -679,7 +690,10 @@ void forward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vect
         for (int n = 0; n < N; ++n) P.last[(b * P.K * P.Dch + sc0 + w) * N + n] = lanes(h[n])[w];
     }
   }
-  if (yc) columns_to_map(P.y + u_b + c0 * L, L, yc, P.H, P.Wd, nl, true);
+  if (yc && P.y_cl)
+    columns_to_channel_last(P.y + u_b + c0, P.Dch, yc, P.H, P.Wd, nl, true);
+  else if (yc)
+    columns_to_map(P.y + u_b + c0 * L, L, yc, P.H, P.Wd, nl, true);
 }
 
 #if defined(__AVX512F__)
@@ -828,7 +842,10 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
     dc = dyc + L;
     duc = dc + L;
     map_to_columns(xc, P.u, P.dtype, b * P.su[0] + c0 * P.su[1], P.su[1], P.su[2], P.H, P.Wd, nl);
-    map_to_columns(dyc, P.dout, 0, u_b + c0 * L, L, 1, P.H, P.Wd, nl);
+    if (P.y_cl)
+      map_to_columns(dyc, P.dout, 0, u_b + c0, 1, P.Dch, P.H, P.Wd, nl);
+    else
+      map_to_columns(dyc, P.dout, 0, u_b + c0 * L, L, 1, P.H, P.Wd, nl);
   }
   for (int k = 0; k < P.K; ++k) {
     const int64_t sc0 = k * P.Dch + c0;
@@ -868,7 +885,10 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
         for (int j = 0; j < tc; ++j) pidx[j] = pixel(P.mode, k, t0 + j, L, P.H, P.Wd);
         load_tile(u_t, P.u, P.dtype, b * P.su[0] + c0 * P.su[1], P.su[1], P.su[2], pidx, tc, nl);
         load_tile(dt_t, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], pidx, tc, nl);
-        load_tile(dy_t, P.dout, 0, u_b + c0 * L, L, 1, pidx, tc, nl);
+        if (P.y_cl)
+          load_tile(dy_t, P.dout, 0, u_b + c0, 1, P.Dch, pidx, tc, nl);
+        else
+          load_tile(dy_t, P.dout, 0, u_b + c0 * L, L, 1, pidx, tc, nl);
       }
       step_tile(dt_t, sg_t, tc, bl, mask, P.softplus);
       if (P.has_z) {  // dy := gradient of the output before the gate y * silu(z)
@@ -1101,6 +1121,7 @@ Problem make_problem(const at::Tensor& u, const at::Tensor& delta, const at::Ten
                 "vmamba cpu scan: the H and W dims of x and delta must be flattenable");
     P.su[0] = u.stride(0); P.su[1] = u.stride(1); P.su[2] = u.stride(3);
     P.sd[0] = delta.stride(0); P.sd[1] = delta.stride(1); P.sd[2] = delta.stride(2); P.sd[3] = delta.stride(4);
+    P.y_cl = u.is_contiguous(at::MemoryFormat::ChannelsLast);
   } else {
     TORCH_CHECK(u.dim() == 3 && delta.dim() == 3 && delta.sizes() == u.sizes(), "vmamba cpu scan: bad shapes");
     P.su[0] = u.stride(0); P.su[1] = u.stride(1); P.su[2] = u.stride(2);
@@ -1129,7 +1150,10 @@ std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, co
                                 bool softplus, bool save, int64_t K, int64_t mode) {
   Problem P = make_problem(u, delta, A, Bt, Ct, Dv, bias, z, softplus, K, mode);
   auto f32 = u.options().dtype(at::kFloat);
-  at::Tensor y = P.cross ? at::zeros(u.sizes(), f32) : at::empty(u.sizes(), f32);
+  at::Tensor y = !P.cross ? at::empty(u.sizes(), f32)
+                 : P.y_cl ? at::empty(u.sizes(), f32, at::MemoryFormat::ChannelsLast).zero_()
+                          : at::zeros(u.sizes(), f32);
+  TORCH_CHECK(!P.y_cl || y.is_contiguous(at::MemoryFormat::ChannelsLast), "vmamba cpu scan: y is not channel-last");
   at::Tensor last = at::empty({P.batch, K * P.Dch, P.N}, f32);
   at::Tensor states = save ? at::empty({P.batch, K, P.G * P.nblk, P.nchunks, P.N, W}, f32) : at::empty({0}, f32);
   P.y = y.data_ptr<float>();
@@ -1152,8 +1176,10 @@ std::vector<at::Tensor> backward(const at::Tensor& dout, const c10::optional<at:
                                  const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& z,
                                  const at::Tensor& states, bool softplus, int64_t K, int64_t mode) {
   Problem P = make_problem(u, delta, A, Bt, Ct, Dv, bias, z, softplus, K, mode);
-  TORCH_CHECK(dout.is_contiguous() && dout.scalar_type() == at::kFloat && dout.sizes() == u.sizes(),
-              "vmamba cpu scan: dout must be a contiguous float32 tensor shaped like u");
+  TORCH_CHECK((P.y_cl ? dout.is_contiguous(at::MemoryFormat::ChannelsLast) : dout.is_contiguous()) &&
+                  dout.scalar_type() == at::kFloat && dout.sizes() == u.sizes(),
+              "vmamba cpu scan: dout must be a float32 tensor shaped like u, in y's layout (channel-last for a "
+              "channel-last x)");
   auto f32 = u.options().dtype(at::kFloat);
   at::Tensor du = P.cross ? at::zeros(u.sizes(), f32) : at::empty(u.sizes(), f32);
   // d delta of the fused cross scan in delta's own channel-last layout when delta has one (SS2D's
