@@ -57,7 +57,7 @@ def old_ss2d_forward_core(self, x):
     return y.permute(0, 2, 3, 1)
 
 
-def old_ss2d_forward(self, x):
+def old_ss2d_forward(self, x, residual=None):
     x = self.in_proj(x)
     if self.z_gate:
         x, z = x.chunk(2, dim=-1)
@@ -68,7 +68,8 @@ def old_ss2d_forward(self, x):
     y = self.out_norm(old_ss2d_forward_core(self, x)).to(x.dtype)
     if self.z_gate:
         y = y * F.silu(z)
-    return self.dropout(self.out_proj(y))
+    y = self.dropout(self.out_proj(y))
+    return y if residual is None else residual + y  # the block's skip connection, as the current SS2D takes it
 
 
 def as_old(model: nn.Module) -> nn.Module:
