@@ -243,3 +243,18 @@ def test_peak_memory_probe_runs_a_zoo_model_in_a_fresh_process():
     assert got["peak_mb"] > got["params_mb"]  # the model itself is built inside the measured span
     bad = peers.peak_memory("no_such_model", size=64, batch=1, mode="infer", preload=None)
     assert "error" in bad
+
+
+def test_machine_block_names_the_allocator_settings(monkeypatch):
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    for key in [k for k in __import__("os").environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(key)
+    info = peers.machine_info(kernel=False)
+    assert info["allocator"] == {}
+    assert "memory allocator: the C library's defaults" in peers.format_machine(info)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "17179869184")
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libfoo.so:/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    info = peers.machine_info(kernel=False)
+    assert info["allocator"] == {"MALLOC_TRIM_THRESHOLD_": "17179869184",
+                                 "LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"}
+    assert "MALLOC_TRIM_THRESHOLD_=17179869184" in peers.format_machine(info)

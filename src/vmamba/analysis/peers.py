@@ -162,7 +162,21 @@ def machine_info(timm_version: str | None = None, kernel: bool = True) -> dict:
     if kernel:
         info["scan_kernel"] = _kernel_build()
     info["linear"] = _linear_engine()
+    info["allocator"] = allocator_settings()
     return info
+
+
+def allocator_settings() -> dict:
+    """The memory-allocator settings of this process that change CPU timings: glibc's ``MALLOC_*``
+    variables and a preloaded jemalloc / tcmalloc (``LD_PRELOAD``). With glibc's defaults freed
+    activations go back to the kernel, and a step that allocates them again pays page faults for
+    them, which interleaved rounds of several models make every step pay."""
+    found = {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") and k.endswith("_")}
+    preload = [p for p in os.environ.get("LD_PRELOAD", "").replace(":", " ").split()
+               if "jemalloc" in p or "tcmalloc" in p or "mimalloc" in p]
+    if preload:
+        found["LD_PRELOAD"] = " ".join(preload)
+    return found
 
 
 def format_machine(info: dict) -> str:
@@ -179,6 +193,9 @@ def format_machine(info: dict) -> str:
         f"torch {info['torch']}, timm {info['timm'] or '-'}, python {info['python']}, {info['date']}",
         f"scan kernel build: {kernel_text}",
         f"dense layers (CPU fp32): {_linear_text(info.get('linear') or {})}",
+        "memory allocator: " + (", ".join(f"{k}={v}" for k, v in info["allocator"].items())
+                                if info.get("allocator") else "the C library's defaults (no MALLOC_* settings, "
+                                "no preloaded allocator)"),
     ])
 
 

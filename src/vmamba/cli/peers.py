@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
         "peers", help="CPU img/s and peak memory of zoo models as ratios to timm's Swin-T, ConvNeXt-T, ...",
         description="Runs zoo models and timm peers in one process, in interleaved rounds (median), for every "
                     "input size x batch x thread count x step kind, and prints each model's img/s and peak memory "
-                    "as ratios to each peer of the same run, with the CPU model, its ISA and the scan kernel build. "
+                    "as ratios to each peer of the same run, with the CPU model, its ISA, the scan kernel build, "
+                    "the dense-layer engine and the memory-allocator settings. "
                     "On 2 quiet cores a full default run takes tens of minutes and --quick a few; far longer "
                     "on busy cores.")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_ZOO), metavar="MODEL",
