@@ -464,22 +464,30 @@ def test_channel_last_delta_gradient_comes_back_in_its_layout(mode, size):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channel-last"])
-def test_backward_fake_strides_match_the_kernel(layout):
+def test_registered_ops_give_contiguous_outputs_as_their_fakes_say(layout):
+    # compiled graphs call the registered ops and may re-lay out their inputs, so those keep
+    # contiguous outputs whatever the inputs' strides (the fakes say so); only eager calls let
+    # y and d delta follow the inputs' layouts
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     ins = cross_inputs(1, 16, 4, 3, 4, seed=5)
     if layout == "channel-last":
+        ins["x"] = ins["x"].contiguous(memory_format=torch.channels_last)
         ins["delta"] = _channel_last_delta(ins["delta"])
-    c_in = {k: v.clone().requires_grad_() for k, v in ins.items()}
-    y, states = torch.ops.vmamba.cross_selective_scan_cpu(*c_in.values(), True, "cross2d", True)
-    args = (torch.ones_like(y), *[v.detach() for v in ins.values()], states.detach(), True, "cross2d")
-    bwd = torch.ops.vmamba.cross_selective_scan_cpu_backward
-    real = bwd(*args)
-    with FakeTensorMode(allow_non_fake_inputs=False) as fake_mode:
-        fake = bwd(*[fake_mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
-    for r, f in zip(real, fake):
-        assert tuple(r.shape) == tuple(f.shape) and r.stride() == f.stride() and r.dtype == f.dtype
-    assert real[1].stride() == ins["delta"].stride()
+    fwd, bwd = torch.ops.vmamba.cross_selective_scan_cpu, torch.ops.vmamba.cross_selective_scan_cpu_backward
+    y, states = fwd(*ins.values(), True, "cross2d", True)
+    args = (torch.ones_like(y), *ins.values(), states, True, "cross2d")
+
+    def fake_run(op, op_args):
+        with FakeTensorMode() as fake_mode:
+            return op(*[fake_mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in op_args])
+
+    for real, fake in ((fwd(*ins.values(), True, "cross2d", True), fake_run(fwd, (*ins.values(), True, "cross2d", True))),
+                       (bwd(*args), fake_run(bwd, args))):
+        for r, f in zip(real, fake):
+            assert tuple(r.shape) == tuple(f.shape) and r.stride() == f.stride() and r.dtype == f.dtype
+    assert y.is_contiguous()
+
 
 
 @pytest.mark.parametrize("mode", ["cross2d", "unidi", "bidi"])
@@ -506,16 +514,3 @@ def test_channel_last_map_gives_channel_last_y_with_the_same_values(mode, size):
     torch.testing.assert_close(y_cl, runs["contiguous"][0], rtol=0, atol=0)
     for k, a, r in zip(names, runs["channel-last"][1], runs["contiguous"][1]):
         torch.testing.assert_close(a, r, rtol=1e-6, atol=1e-6, msg=k)
-
-
-def test_forward_fake_strides_match_the_kernel():
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    ins = cross_inputs(1, 16, 4, 3, 4, seed=6)
-    for x in (ins["x"], ins["x"].contiguous(memory_format=torch.channels_last)):
-        args = (x, *list(ins.values())[1:], True, "cross2d", False)
-        real = torch.ops.vmamba.cross_selective_scan_cpu(*args)
-        with FakeTensorMode() as fake_mode:
-            fake = torch.ops.vmamba.cross_selective_scan_cpu(
-                *[fake_mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
-        assert real[0].stride() == fake[0].stride()

@@ -40,27 +40,6 @@ def pixel_map(t: Tensor) -> Tensor:
     return t if h == 1 or t.stride(-2) == w * t.stride(-1) else t.contiguous()
 
 
-def dense_strides(t: Tensor) -> bool:
-    """Whether ``t``'s elements fill its storage span exactly, in some order of its dims (a
-    permuted contiguous tensor): the kernels can then write a result with ``t``'s strides."""
-    expected = 1
-    dims = sorted(((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1))
-    for stride, size in dims:
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-def cross_ddelta_like(delta: Tensor) -> Tensor:
-    """An empty fp32 tensor laid out as the fused cross-scan kernels write d delta for the
-    ``delta`` they are given: with ``delta``'s strides when its channels are contiguous (channel
-    stride 1) and its strides dense, else contiguous. Real and fake backward ops both use it."""
-    if delta.stride(2) == 1 and dense_strides(delta):
-        return delta.new_empty_strided(delta.shape, delta.stride(), dtype=torch.float32)
-    return delta.new_empty(delta.shape, dtype=torch.float32)
-
-
 def kernel_output(y: Tensor, last: Tensor, u: Tensor, out_float: bool, return_last_state: bool):
     """The public op's return value from a kernel's fp32 ``y`` and last state: y in u's dtype
     unless ``out_float``, with the last state when ``return_last_state``."""

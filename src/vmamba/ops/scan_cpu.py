@@ -57,7 +57,7 @@ except ImportError:  # Windows
 from ..utils import cpu_flags, cpu_info
 from .backends import register_backend
 from .kernel_common import (
-    MODE_IDS, check_scan_mode, cross_ddelta_like, cross_scan_op_flops, f32, kernel_output, needs_grad, pixel_map,
+    MODE_IDS, check_scan_mode, cross_scan_op_flops, f32, kernel_output, needs_grad, pixel_map,
     register_cross_autograd, register_scan_autograd, scan_op_flops, scan_order, traced,
 )
 
@@ -305,7 +305,7 @@ def _scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: 
     """y (fp32, before the output cast), last state (b, D, N) and the saved chunk states."""
     y, last, states = _ext_or_raise().forward(
         u, delta.to(u.dtype), f32(A), _rows(B), _rows(C), f32(D), f32(delta_bias),
-        None if z is None else z.to(u.dtype), delta_softplus, save_states, 1, 0)
+        None if z is None else z.to(u.dtype), delta_softplus, save_states, 1, 0, False)
     return y, last, states
 
 
@@ -330,7 +330,7 @@ def _scan_backward(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor
     du, ddelta, dAp, dBp, dCp, dDp, dbp, dz = _ext_or_raise().backward(
         dy.float().contiguous(), None if dlast is None else f32(dlast), u,
         delta.to(u.dtype), f32(A), _rows(B), _rows(C), f32(D), f32(delta_bias),
-        None if z is None else z.to(u.dtype), states, delta_softplus, 1, 0)
+        None if z is None else z.to(u.dtype), states, delta_softplus, 1, 0, False)
     dB = dBp.sum(2).transpose(-1, -2).contiguous()
     dC = dCp.sum(2).transpose(-1, -2).contiguous()
     return du, ddelta, dAp.sum(0), dB, dC, dDp.sum(0), dbp.sum(0), dz
@@ -390,47 +390,53 @@ def _scan_rows(m: Tensor, mode: str) -> Tensor:
 
 
 def _y_format(x: Tensor) -> torch.memory_format:
-    """The layout of the fused kernel's y (and of the dy it reads): channel-last for a channel-last
-    map ``x`` (SS2D's), so that y goes on to out_norm without a copy; else contiguous."""
+    """The layout of the fused kernel's y (and of the dy it reads) when it follows its input's:
+    channel-last for a channel-last map ``x`` (SS2D's), so that y goes on to out_norm without a
+    copy; else contiguous."""
     return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
 
 def _cross_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-              delta_bias: Optional[Tensor], delta_softplus: bool, mode: str,
-              save_states: bool) -> tuple[Tensor, Tensor]:
-    """Merged y (b, d, H, W) fp32 and the saved chunk states."""
+                   delta_bias: Optional[Tensor], delta_softplus: bool, mode: str,
+                   save_states: bool, follow_layouts: bool = False) -> tuple[Tensor, Tensor]:
+    """Merged y (b, d, H, W) fp32 and the saved chunk states. y is contiguous, or with
+    ``follow_layouts`` (eager calls) channel-last for a channel-last ``x``."""
     y, _, states = _ext_or_raise().forward(
         pixel_map(x), pixel_map(delta.to(x.dtype)), f32(A), _scan_rows(B, mode), _scan_rows(C, mode),
-        f32(D), f32(delta_bias), None, delta_softplus, save_states, 4, MODE_IDS[mode])
+        f32(D), f32(delta_bias), None, delta_softplus, save_states, 4, MODE_IDS[mode], follow_layouts)
     return y, states
 
 
+# The registered ops (what compiled and exported graphs call) give contiguous outputs whatever
+# their inputs' strides: a compiled graph may hand an op inputs in other strides than it traced
+# with, and the fake functions below must describe the real outputs. Eager calls, which nothing
+# re-lays out, let the outputs follow the inputs' layouts (the `_eager` functions).
 _cross_op = torch.library.custom_op(CROSS_SCAN_OP, _cross_forward, mutates_args=(), device_types="cpu")
 
 
 @_cross_op.register_fake
-def _cross_op_fake(x, delta, A, B, C, D, delta_bias, delta_softplus, mode, save_states):
+def _cross_op_fake(x, delta, A, B, C, D, delta_bias, delta_softplus, mode, save_states, follow_layouts=False):
     b, d, h, w = x.shape
     n = A.shape[1]
-    y = torch.empty((b, d, h, w), dtype=torch.float32, device=x.device, memory_format=_y_format(pixel_map(x)))
+    y = x.new_empty((b, d, h, w), dtype=torch.float32)
     states = (x.new_empty(_states_shape(b, 4, 1, d, h * w, n), dtype=torch.float32)
               if save_states else x.new_empty((0,), dtype=torch.float32))
     return y, states
 
 
 def _cross_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-                  delta_bias: Optional[Tensor], states: Tensor, delta_softplus: bool,
-                  mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients (fp32) of x, delta, A, B, C, D, delta_bias."""
+                    delta_bias: Optional[Tensor], states: Tensor, delta_softplus: bool,
+                    mode: str, follow_layouts: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (fp32) of x, delta, A, B, C, D, delta_bias. With ``follow_layouts`` d delta has
+    delta's strides when its channels are contiguous (see ``cross_ddelta_like``), and dy is read
+    in y's layout; else both are contiguous."""
     h, w = x.shape[-2:]
     dd, xm = pixel_map(delta.to(x.dtype)), pixel_map(x)
+    dy_format = _y_format(xm) if follow_layouts else torch.contiguous_format
     dx, ddelta, dAp, dBp, dCp, dDp, dbp, _ = _ext_or_raise().backward(
-        dy.float().contiguous(memory_format=_y_format(xm)), None, xm, dd, f32(A),
+        dy.float().contiguous(memory_format=dy_format), None, xm, dd, f32(A),
         _scan_rows(B, mode), _scan_rows(C, mode), f32(D), f32(delta_bias), None, states,
-        delta_softplus, 4, MODE_IDS[mode])
-    want = cross_ddelta_like(dd)  # the layout the fake op promises (the kernel's own choice)
-    if ddelta.stride() != want.stride():
-        ddelta = want.copy_(ddelta)
+        delta_softplus, 4, MODE_IDS[mode], follow_layouts)
     dB = _from_scan_order(dBp.sum(2).transpose(-1, -2), mode, h, w)
     dC = _from_scan_order(dCp.sum(2).transpose(-1, -2), mode, h, w)
     return dx, ddelta, dAp.sum(0), dB, dC, dDp.sum(0), dbp.sum(0)
@@ -441,15 +447,24 @@ _cross_bwd_op = torch.library.custom_op(CROSS_SCAN_OP + "_backward", _cross_back
 
 
 @_cross_bwd_op.register_fake
-def _cross_bwd_fake(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus, mode):
+def _cross_bwd_fake(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus, mode, follow_layouts=False):
     f = torch.float32
     kd = A.shape[0]
-    return (x.new_empty(x.shape, dtype=f), cross_ddelta_like(pixel_map(delta.to(x.dtype))), A.new_empty(A.shape, dtype=f),
+    return (x.new_empty(x.shape, dtype=f), delta.new_empty(delta.shape, dtype=f), A.new_empty(A.shape, dtype=f),
             B.new_empty(B.shape, dtype=f), C.new_empty(C.shape, dtype=f), x.new_empty((kd,), dtype=f),
             x.new_empty((kd,), dtype=f))
 
 
-_CrossScanFunction = register_cross_autograd(_cross_op, _cross_bwd_op, "cpu cross scan", _cross_forward, _cross_backward)
+def _cross_forward_eager(x, delta, A, B, C, D, delta_bias, delta_softplus, mode, save_states):
+    return _cross_forward(x, delta, A, B, C, D, delta_bias, delta_softplus, mode, save_states, True)
+
+
+def _cross_backward_eager(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus, mode):
+    return _cross_backward(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus, mode, True)
+
+
+_CrossScanFunction = register_cross_autograd(_cross_op, _cross_bwd_op, "cpu cross scan", _cross_forward_eager,
+                                             _cross_backward_eager)
 
 
 def cross_selective_scan_cpu(x, delta, A, B, C, *, D=None, delta_bias=None, delta_softplus=False,
@@ -462,7 +477,7 @@ def cross_selective_scan_cpu(x, delta, A, B, C, *, D=None, delta_bias=None, delt
     if traced(x, delta, A, B, C, D, delta_bias):
         op = _cross_op
     else:  # as in selective_scan_cpu
-        op = _CrossScanFunction.apply if save else _cross_forward
+        op = _CrossScanFunction.apply if save else _cross_forward_eager
     y, _ = op(x, delta, A, B, C, D, delta_bias, bool(delta_softplus), mode, save)
     return y if out_float else y.to(x.dtype)
 
