@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import platform
 import sys
 import types
 
@@ -258,3 +259,15 @@ def test_machine_block_names_the_allocator_settings(monkeypatch):
     assert info["allocator"] == {"MALLOC_TRIM_THRESHOLD_": "17179869184",
                                  "LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"}
     assert "MALLOC_TRIM_THRESHOLD_=17179869184" in peers.format_machine(info)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="needs glibc's malloc")
+def test_keep_memory_is_applied_and_reported():
+    # in a child process: the mallopt settings last for the life of the process
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "vmamba", "peers", "--models", "vmamba_tiny_s1l8", "--peers",
+                           "--sizes", "32", "--batch", "1", "--threads", "1", "--modes", "train", "--rounds", "1",
+                           "--no-memory", "--keep-memory"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "memory allocator: mallopt=glibc" in proc.stdout and "M_MMAP_MAX=0" in proc.stdout

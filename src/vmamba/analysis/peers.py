@@ -166,6 +166,28 @@ def machine_info(timm_version: str | None = None, kernel: bool = True) -> dict:
     return info
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> str:
+    """Tell glibc's malloc to keep freed memory in this process: no block gets its own mapping
+    (``M_MMAP_MAX`` 0) and the heap is not trimmed below 2 GB of free space (``M_TRIM_THRESHOLD``).
+
+    A training loop of one model then reuses its activations' pages step after step; without it,
+    steps of interleaved models re-fault theirs. Irreversible for the process. Returns what was
+    set; ``RuntimeError`` where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version.restype = ctypes.c_char_p
+        version = libc.gnu_get_libc_version().decode()
+    except (OSError, AttributeError) as e:
+        raise RuntimeError(f"--keep-memory needs glibc's malloc, which this process does not use ({e})") from None
+    if not (libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1)):
+        raise RuntimeError(f"glibc {version} refused the mallopt settings of --keep-memory")
+    return f"glibc {version} mallopt M_MMAP_MAX=0 M_TRIM_THRESHOLD=2147483647 (--keep-memory)"
+
+
 def allocator_settings() -> dict:
     """The memory-allocator settings of this process that change CPU timings: glibc's ``MALLOC_*``
     variables and a preloaded jemalloc / tcmalloc (``LD_PRELOAD``). With glibc's defaults freed
@@ -444,10 +466,12 @@ def plan(sizes, batches, threads, modes, max_pixels: int = 0) -> tuple[list[tupl
 def run_peers(zoo=DEFAULT_ZOO, peers=tuple(PEERS), sizes=(224,), batches=(1,), threads=(1,), modes=MODES,
               rounds: int = 5, warmup: int = 1, memory: bool = True, max_pixels: int = 0,
               preload: str | None = None, peer_linear: str = "timm", log: Callable[[str], None] | None = None,
-              on_progress: Callable[[PeerRun], None] | None = None) -> PeerRun:
+              on_progress: Callable[[PeerRun], None] | None = None, keep_memory: bool = False) -> PeerRun:
     """Measure every zoo model and peer in every configuration; see the module docstring.
 
     ``on_progress`` is called with the run so far after each configuration (e.g. to save it).
+    ``keep_memory`` applies :func:`keep_freed_memory` to this process first (for the rest of its
+    life), so that training steps are timed without re-faulting the memory other models freed.
     """
     log = log or (lambda text: None)
     _check_peer_linear(peer_linear)
@@ -461,14 +485,17 @@ def run_peers(zoo=DEFAULT_ZOO, peers=tuple(PEERS), sizes=(224,), batches=(1,), t
                          "or pass --preload FILE with a Python file that works around it.")
             peers = ()
     models = [(m, "zoo") for m in zoo] + [(p, "peer") for p in peers]
+    kept = keep_freed_memory() if keep_memory else None
     machine = machine_info(getattr(timm, "__version__", None), kernel=bool(zoo))
+    if kept:
+        machine["allocator"]["mallopt"] = kept
     configs, skipped = plan(sizes, batches, threads, modes, max_pixels)
     if skipped:
         notes.append(f"skipped {len(skipped)} configuration(s) with batch x height x width above "
                      f"--max-pixels {max_pixels}: " + ", ".join(f"{s}px b{b} t{t} {m}" for s, b, t, m in skipped))
     settings = dict(zoo=list(zoo), peers=list(peers), sizes=list(sizes), batches=list(batches), threads=list(threads),
                     modes=list(modes), rounds=rounds, warmup=warmup, memory=memory, max_pixels=max_pixels,
-                    preload=str(preload) if preload else None, peer_linear=peer_linear)
+                    preload=str(preload) if preload else None, peer_linear=peer_linear, keep_memory=keep_memory)
     result = PeerRun(machine, settings, notes=notes)
     old_threads = torch.get_num_threads()
     try:

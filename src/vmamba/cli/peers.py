@@ -49,6 +49,10 @@ def add_parser(sub) -> None:
                         "vmamba's dense-layer engine (oneDNN on AMD CPUs), to compare the architectures on the "
                         "same matrix-product code")
     add_preload(p)
+    p.add_argument("--keep-memory", action="store_true",
+                   help="have glibc keep freed memory in this process, so that training steps are not timed "
+                        "re-faulting the memory the previously run models freed (a one-model training loop "
+                        "reuses its own); the peak-memory probes are unaffected")
     p.add_argument("--json", metavar="FILE", help="write machine, settings, results, ratios and exponents as JSON")
     p.add_argument("--csv", metavar="FILE", help="write one row per model and configuration as CSV")
     p.set_defaults(func=run)
@@ -89,7 +93,13 @@ def resolve(args) -> dict:
 
 
 def run(args) -> int:
-    from ..analysis.peers import format_report, run_peers, write_csv, write_json
+    from ..analysis.peers import format_report, keep_freed_memory, run_peers, write_csv, write_json
+
+    if args.keep_memory:  # before any model is built; the run reports the setting
+        try:
+            keep_freed_memory()
+        except RuntimeError as e:
+            raise UsageError(str(e)) from None
 
     settings = resolve(args)
     over = [t for t in settings["threads"] if t > available_cpus()]
@@ -104,7 +114,8 @@ def run(args) -> int:
     run_ = run_peers(zoo=args.models, peers=args.peers, sizes=settings["sizes"], batches=settings["batches"],
                      threads=settings["threads"], modes=args.modes, rounds=settings["rounds"], warmup=args.warmup,
                      memory=args.memory, max_pixels=args.max_pixels, preload=args.preload,
-                     peer_linear=args.peer_linear, log=lambda text: print(text, file=sys.stderr, flush=True), on_progress=save)
+                     peer_linear=args.peer_linear, log=lambda text: print(text, file=sys.stderr, flush=True),
+                     on_progress=save, keep_memory=args.keep_memory)
     print(format_report(run_), end="")
     save(run_)
     for path in (args.json, args.csv):
