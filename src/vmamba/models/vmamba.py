@@ -63,12 +63,13 @@ class VSSBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
-        if is_identity(self.drop_path) and not _hooked(self.op):
+        no_drop = is_identity(self.drop_path)
+        if no_drop and not _hooked(self.op):
             x = self.op(self.norm(x), residual=x)  # the add is fused into out_proj at inference
         else:
             x = x + self.drop_path(self.op(self.norm(x)))
         if self.mlp is not None:
-            if is_identity(self.drop_path) and not _hooked(self.mlp):
+            if no_drop and not _hooked(self.mlp):
                 x = self.mlp(self.norm2(x), residual=x)
             else:
                 x = x + self.drop_path(self.mlp(self.norm2(x)))

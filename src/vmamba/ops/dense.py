@@ -51,7 +51,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from ..utils import cpu_flags, cpu_info
-from .kernel_common import eager_function, traced
+from .kernel_common import eager_function, needs_grad, traced
 
 LINEAR_BACKENDS = ("auto", "onednn", "aten")
 
@@ -271,10 +271,6 @@ def _takes(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
             and not torch.is_autocast_enabled("cpu"))
 
 
-def _needs_grad(*tensors: Optional[Tensor]) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 def _plain_call() -> bool:
     """Whether this call is being compiled, exported or traced (then only ATen-level ops)."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
@@ -301,9 +297,10 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, activati
         raise ValueError("linear: give an activation or a residual, not both")
     if activation is None and residual is None:
         return _linear(x, weight, bias)
-    no_grad = not _needs_grad(x, weight, bias, residual)
-    if (no_grad and _takes(x, weight, bias) and not _plain_call() and fused_on_onednn()
-            and not traced(x, weight, bias, residual)):
+    # eager and without gradients: the fused call, or else the pass in place on the fresh product
+    inference = (not needs_grad(x, weight, bias, residual) and not _plain_call()
+                 and not traced(x, weight, bias, residual))
+    if inference and _takes(x, weight, bias) and fused_on_onednn():
         x2d = x.reshape(-1, x.shape[-1])
         out_shape = (*x.shape[:-1], weight.shape[0])
         if activation is not None:
@@ -316,13 +313,11 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, activati
             return torch.ops.mkldnn._linear_pointwise.binary(
                 x2d, residual.reshape(-1, weight.shape[0]), weight, bias, "add").view(out_shape)
     y = _linear(x, weight, bias)
-    in_place = no_grad and not _plain_call() and not traced(x, weight, bias, residual)  # y: fresh, ours
     if activation is not None:
-        fn = _POST_OPS[activation][2]
-        if not in_place:
-            return fn(y)
+        if not inference:
+            return _POST_OPS[activation][2](y)
         return torch.ops.aten.gelu_(y) if activation == "gelu" else F.silu(y, inplace=True)
-    if in_place and torch.broadcast_shapes(residual.shape, y.shape) == y.shape and residual.dtype == y.dtype:
+    if inference and torch.broadcast_shapes(residual.shape, y.shape) == y.shape and residual.dtype == y.dtype:
         return y.add_(residual)
     return residual + y
 
@@ -337,7 +332,7 @@ def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     x2d = x.reshape(-1, x.shape[-1])
     if compiling:
         return torch.ops.vmamba.onednn_linear(x2d, weight, bias).view(*x.shape[:-1], weight.shape[0])
-    if _needs_grad(x, weight, bias):
+    if needs_grad(x, weight, bias):
         y = _OneDNNLinear.apply(x2d, weight, bias)
     else:
         y = _onednn_product(x2d, weight, bias)

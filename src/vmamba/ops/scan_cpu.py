@@ -364,7 +364,7 @@ def selective_scan_cpu(
     save = needs_grad(u, delta, A, B, C, D, delta_bias, z)
     if traced(u, delta, A, B, C, D, delta_bias, z):
         op = _scan_op
-    else:  # without gradients the kernel itself: autograd.Function.apply binds its arguments by inspect
+    else:  # without gradients the kernel function itself, none of autograd.Function's bookkeeping
         op = _ScanFunction.apply if save else _scan_forward
     y, last, _ = op(u, delta, A, B, C, D, delta_bias, z, bool(delta_softplus), save)
     return kernel_output(y, last, u, out_float, return_last_state)
@@ -396,9 +396,9 @@ def _y_format(x: Tensor) -> torch.memory_format:
     return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
 
-def _cross_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-                   delta_bias: Optional[Tensor], delta_softplus: bool, mode: str,
-                   save_states: bool, follow_layouts: bool = False) -> tuple[Tensor, Tensor]:
+def _cross_forward_impl(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                        delta_bias: Optional[Tensor], delta_softplus: bool, mode: str,
+                        save_states: bool, follow_layouts: bool) -> tuple[Tensor, Tensor]:
     """Merged y (b, d, H, W) fp32 and the saved chunk states. y is contiguous, or with
     ``follow_layouts`` (eager calls) channel-last for a channel-last ``x``."""
     y, _, states = _ext_or_raise().forward(
@@ -411,11 +411,17 @@ def _cross_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
 # their inputs' strides: a compiled graph may hand an op inputs in other strides than it traced
 # with, and the fake functions below must describe the real outputs. Eager calls, which nothing
 # re-lays out, let the outputs follow the inputs' layouts (the `_eager` functions).
+def _cross_forward(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                   delta_bias: Optional[Tensor], delta_softplus: bool, mode: str,
+                   save_states: bool) -> tuple[Tensor, Tensor]:
+    return _cross_forward_impl(x, delta, A, B, C, D, delta_bias, delta_softplus, mode, save_states, False)
+
+
 _cross_op = torch.library.custom_op(CROSS_SCAN_OP, _cross_forward, mutates_args=(), device_types="cpu")
 
 
 @_cross_op.register_fake
-def _cross_op_fake(x, delta, A, B, C, D, delta_bias, delta_softplus, mode, save_states, follow_layouts=False):
+def _cross_op_fake(x, delta, A, B, C, D, delta_bias, delta_softplus, mode, save_states):
     b, d, h, w = x.shape
     n = A.shape[1]
     y = x.new_empty((b, d, h, w), dtype=torch.float32)
@@ -424,12 +430,12 @@ def _cross_op_fake(x, delta, A, B, C, D, delta_bias, delta_softplus, mode, save_
     return y, states
 
 
-def _cross_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-                    delta_bias: Optional[Tensor], states: Tensor, delta_softplus: bool,
-                    mode: str, follow_layouts: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _cross_backward_impl(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                         D: Optional[Tensor], delta_bias: Optional[Tensor], states: Tensor, delta_softplus: bool,
+                         mode: str, follow_layouts: bool) -> tuple[Tensor, ...]:
     """Gradients (fp32) of x, delta, A, B, C, D, delta_bias. With ``follow_layouts`` d delta has
-    delta's strides when its channels are contiguous (see ``cross_ddelta_like``), and dy is read
-    in y's layout; else both are contiguous."""
+    delta's strides when its channels are contiguous and dense, and dy is read in y's layout;
+    else both are contiguous."""
     h, w = x.shape[-2:]
     dd, xm = pixel_map(delta.to(x.dtype)), pixel_map(x)
     dy_format = _y_format(xm) if follow_layouts else torch.contiguous_format
@@ -442,12 +448,18 @@ def _cross_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, 
     return dx, ddelta, dAp.sum(0), dB, dC, dDp.sum(0), dbp.sum(0)
 
 
+def _cross_backward(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                    delta_bias: Optional[Tensor], states: Tensor, delta_softplus: bool,
+                    mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _cross_backward_impl(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus, mode, False)
+
+
 _cross_bwd_op = torch.library.custom_op(CROSS_SCAN_OP + "_backward", _cross_backward, mutates_args=(),
                                         device_types="cpu")
 
 
 @_cross_bwd_op.register_fake
-def _cross_bwd_fake(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus, mode, follow_layouts=False):
+def _cross_bwd_fake(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus, mode):
     f = torch.float32
     kd = A.shape[0]
     return (x.new_empty(x.shape, dtype=f), delta.new_empty(delta.shape, dtype=f), A.new_empty(A.shape, dtype=f),
@@ -456,11 +468,11 @@ def _cross_bwd_fake(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus
 
 
 def _cross_forward_eager(x, delta, A, B, C, D, delta_bias, delta_softplus, mode, save_states):
-    return _cross_forward(x, delta, A, B, C, D, delta_bias, delta_softplus, mode, save_states, True)
+    return _cross_forward_impl(x, delta, A, B, C, D, delta_bias, delta_softplus, mode, save_states, True)
 
 
 def _cross_backward_eager(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus, mode):
-    return _cross_backward(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus, mode, True)
+    return _cross_backward_impl(dy, x, delta, A, B, C, D, delta_bias, states, delta_softplus, mode, True)
 
 
 _CrossScanFunction = register_cross_autograd(_cross_op, _cross_bwd_op, "cpu cross scan", _cross_forward_eager,

@@ -1081,7 +1081,7 @@ const float* opt_ptr(const c10::optional<at::Tensor>& t) {
 Problem make_problem(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
                      const at::Tensor& Ct, const c10::optional<at::Tensor>& Dv,
                      const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& z, bool softplus,
-                     int64_t K, int64_t mode) {
+                     int64_t K, int64_t mode, bool follow_layouts) {
   TORCH_CHECK(A.is_contiguous() && Bt.is_contiguous() && Ct.is_contiguous(),
               "vmamba cpu scan: A, B, C must be contiguous");
   TORCH_CHECK(A.scalar_type() == at::kFloat && Bt.scalar_type() == at::kFloat && Ct.scalar_type() == at::kFloat,
@@ -1121,6 +1121,7 @@ Problem make_problem(const at::Tensor& u, const at::Tensor& delta, const at::Ten
                 "vmamba cpu scan: the H and W dims of x and delta must be flattenable");
     P.su[0] = u.stride(0); P.su[1] = u.stride(1); P.su[2] = u.stride(3);
     P.sd[0] = delta.stride(0); P.sd[1] = delta.stride(1); P.sd[2] = delta.stride(2); P.sd[3] = delta.stride(4);
+    P.y_cl = follow_layouts && u.is_contiguous(at::MemoryFormat::ChannelsLast);
   } else {
     TORCH_CHECK(u.dim() == 3 && delta.dim() == 3 && delta.sizes() == u.sizes(), "vmamba cpu scan: bad shapes");
     P.su[0] = u.stride(0); P.su[1] = u.stride(1); P.su[2] = u.stride(2);
@@ -1147,8 +1148,7 @@ std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, co
                                 const at::Tensor& Bt, const at::Tensor& Ct, const c10::optional<at::Tensor>& Dv,
                                 const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& z,
                                 bool softplus, bool save, int64_t K, int64_t mode, bool follow_layouts) {
-  Problem P = make_problem(u, delta, A, Bt, Ct, Dv, bias, z, softplus, K, mode);
-  P.y_cl = P.cross && follow_layouts && u.is_contiguous(at::MemoryFormat::ChannelsLast);
+  Problem P = make_problem(u, delta, A, Bt, Ct, Dv, bias, z, softplus, K, mode, follow_layouts);
   auto f32 = u.options().dtype(at::kFloat);
   at::Tensor y = !P.cross ? at::empty(u.sizes(), f32)
                  : P.y_cl ? at::empty(u.sizes(), f32, at::MemoryFormat::ChannelsLast).zero_()
@@ -1176,8 +1176,7 @@ std::vector<at::Tensor> backward(const at::Tensor& dout, const c10::optional<at:
                                  const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& z,
                                  const at::Tensor& states, bool softplus, int64_t K, int64_t mode,
                                  bool follow_layouts) {
-  Problem P = make_problem(u, delta, A, Bt, Ct, Dv, bias, z, softplus, K, mode);
-  P.y_cl = P.cross && follow_layouts && u.is_contiguous(at::MemoryFormat::ChannelsLast);
+  Problem P = make_problem(u, delta, A, Bt, Ct, Dv, bias, z, softplus, K, mode, follow_layouts);
   TORCH_CHECK((P.y_cl ? dout.is_contiguous(at::MemoryFormat::ChannelsLast) : dout.is_contiguous()) &&
                   dout.scalar_type() == at::kFloat && dout.sizes() == u.sizes(),
               "vmamba cpu scan: dout must be a float32 tensor shaped like u, in y's layout (channel-last for a "
