@@ -3,9 +3,11 @@
 Activations between layers are channel-last (B, H, W, C). Convolutions take them through a
 ``Permute`` view, i.e. as NCHW tensors whose memory is channel-last, and keep their weights in
 that layout too (:func:`channels_last_conv`): oneDNN's NHWC kernels then run without reordering
-anything, and the outputs are channel-last again, so the ``Permute`` after a conv is free. The stems and downsamplers are ``nn.Sequential`` with the same child
-indices as the authors' release, so parameter names (``patch_embed.0``, ``downsample.1``, ...)
-match their checkpoints.
+the activations, and the outputs are channel-last again, so the ``Permute`` after a conv is free.
+The convolutions are :class:`vmamba.ops.Conv2d`, which at inference also keeps oneDNN's packed
+copy of the weight. The stems and downsamplers are ``nn.Sequential`` with the same child indices
+as the authors' release, so parameter names (``patch_embed.0``, ``downsample.1``, ...) match
+their checkpoints.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import Linear, linear
+from ..ops import Conv2d, Linear, linear
 
 
 class Permute(nn.Module):
@@ -117,7 +119,7 @@ class PatchEmbedV1(nn.Sequential):
 
     def __init__(self, in_chans: int, dim: int, patch_size: int = 4, norm: bool = True):
         super().__init__(
-            channels_last_conv(nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size, bias=True)),
+            channels_last_conv(Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size, bias=True)),
             Permute(0, 2, 3, 1),
             _norm(dim, norm),
         )
@@ -133,12 +135,12 @@ class PatchEmbedV2(nn.Sequential):
         stride = patch_size // 2
         k = stride + 1
         super().__init__(
-            channels_last_conv(nn.Conv2d(in_chans, dim // 2, kernel_size=k, stride=stride, padding=1)),
+            channels_last_conv(Conv2d(in_chans, dim // 2, kernel_size=k, stride=stride, padding=1)),
             Permute(0, 2, 3, 1),
             _norm(dim // 2, norm),
             Permute(0, 3, 1, 2),
             nn.GELU(),
-            channels_last_conv(nn.Conv2d(dim // 2, dim, kernel_size=k, stride=stride, padding=1)),
+            channels_last_conv(Conv2d(dim // 2, dim, kernel_size=k, stride=stride, padding=1)),
             Permute(0, 2, 3, 1),
             _norm(dim, norm),
         )
@@ -170,8 +172,8 @@ class ConvDownsample(nn.Sequential):
     """
 
     def __init__(self, dim: int, out_dim: int, version: str = "v3"):
-        conv = (nn.Conv2d(dim, out_dim, kernel_size=2, stride=2) if version == "v2"
-                else nn.Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1))
+        conv = (Conv2d(dim, out_dim, kernel_size=2, stride=2) if version == "v2"
+                else Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1))
         super().__init__(Permute(0, 3, 1, 2), channels_last_conv(conv), Permute(0, 2, 3, 1),
                          nn.LayerNorm(out_dim, eps=1e-5))
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import SCAN_MODES, Linear, cross_selective_scan, get_backend, linear
+from ..ops import SCAN_MODES, Conv2d, Linear, cross_selective_scan, get_backend, linear
 from .layers import channels_last_conv, check_arg, is_identity, is_int, to_channels_first
 
 K_DIRECTIONS = 4
@@ -83,8 +83,8 @@ class SS2D(nn.Module):
 
         self.in_proj = Linear(d_model, d_inner * (2 if z_gate else 1), bias=False)
         self.conv2d = (
-            channels_last_conv(nn.Conv2d(d_inner, d_inner, kernel_size=d_conv, padding=(d_conv - 1) // 2,
-                                         groups=d_inner, bias=conv_bias))
+            channels_last_conv(Conv2d(d_inner, d_inner, kernel_size=d_conv, padding=(d_conv - 1) // 2,
+                                      groups=d_inner, bias=conv_bias))
             if d_conv > 1 else None
         )
         self.act = nn.SiLU()

@@ -9,12 +9,14 @@ Layout, for a backend author:
   ids, argument conversions); a kernel backend imports that and ``backends`` only;
 * ``cross_scan.py``: cross-scan / cross-merge and the scan orders;
 * ``dense.py``: the dense layers' product, on oneDNN for CPU float32 where it is usable;
+* ``conv.py``: ``Conv2d``, whose CPU inference keeps oneDNN's packed copy of its weight;
 * the backends: ``scan_reference.py`` and ``scan_torch.py`` (portable, on ``scan_common.py``),
   ``scan_cpu.py`` (C++ kernel in ``cpu/``) and ``scan_triton.py`` (``triton_kernels.py``).
 """
 from .backends import ScanBackend, available_backends, get_backend, register_backend
 from .cross_scan import SCAN_MODES, cross_merge, cross_scan, scan_order
 from .cross_selective_scan import cross_selective_scan
+from .conv import Conv2d
 from .dense import Linear, active_linear_backend, linear, linear_backend, linear_info, set_linear_backend
 from .scan_reference import selective_scan_reference
 from .scan_torch import selective_scan_torch
@@ -26,5 +28,5 @@ __all__ = [
     "selective_scan", "selective_scan_reference", "selective_scan_torch", "check_scan_inputs",
     "available_backends", "register_backend", "get_backend", "ScanBackend",
     "cross_scan", "cross_merge", "cross_selective_scan", "scan_order", "SCAN_MODES",
-    "Linear", "linear", "linear_backend", "linear_info", "set_linear_backend", "active_linear_backend",
+    "Conv2d", "Linear", "linear", "linear_backend", "linear_info", "set_linear_backend", "active_linear_backend",
 ]
