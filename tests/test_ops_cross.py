@@ -6,6 +6,7 @@ import torch
 
 from vmamba.ops import SCAN_MODES, available_backends, cross_merge, cross_scan, cross_selective_scan
 from vmamba.ops import scan_order, selective_scan
+from vmamba.ops.scan_common import project_steps
 
 MODES = list(SCAN_MODES)
 
@@ -95,3 +96,79 @@ def test_cross_selective_scan_bad_shapes():
         cross_selective_scan(t["x"], t["delta"][:, :, :, :3], t["A"], t["B"], t["C"])
     with pytest.raises(ValueError, match=r"A must have shape \(D, N\) = \(12, N\)"):
         cross_selective_scan(t["x"], t["delta"], t["A"][:3], t["B"], t["C"])
+
+
+# ----------------------------------------------------------------------------- step sizes projected by the op
+
+def _projected_inputs(b=2, d=12, h=5, w=6, n=4, r=3, seed=1, dtype=torch.float32):
+    """Inputs with delta given as low-rank dts (b, 4, R, H, W) plus the projection (4, D, R),
+    laid out as SS2D makes them (dts a strided view of per-pixel rows, the weight stored (4, R, D))."""
+    g = torch.Generator().manual_seed(seed)
+    t = _cross_inputs(b=b, d=d, h=h, w=w, n=n, seed=seed, dtype=dtype)
+    rows = torch.randn(b * h * w, 4, r + 2, generator=g, dtype=dtype)
+    t["delta"] = rows[..., :r].view(b, h, w, 4, r).permute(0, 3, 4, 1, 2)
+    t["weight"] = (torch.randn(4, r, d, generator=g, dtype=dtype) * r ** -0.5).transpose(1, 2)
+    return t
+
+
+def _call(t, backend, mode="cross2d", projected=True, **kw):
+    return cross_selective_scan(
+        t["x"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], delta_bias=t["delta_bias"], delta_softplus=True,
+        mode=mode, backend=backend, delta_proj_weight=t["weight"] if projected else None, **kw)
+
+
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", [(2, 12, 5, 6, 4, 3), (1, 33, 7, 4, 1, 7), (1, 20, 1, 9, 2, 64), (1, 8, 3, 3, 1, 65)],
+                         ids=["small", "rank7", "one_row_rank64", "rank65"])
+def test_projected_step_sizes_equal_projecting_first(backend, mode, shape):
+    """delta_proj_weight gives what projecting the step sizes first gives, values and every gradient
+    (the "cpu" kernel projects them itself up to rank 64; the others, and larger ranks, first)."""
+    b, d, h, w, n, r = shape
+    dtype = torch.float32 if backend not in ("torch", "reference") else torch.float64
+    t = _projected_inputs(b=b, d=d, h=h, w=w, n=n, r=r, dtype=dtype)
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
+    ref_leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
+    y = _call(leaves, backend, mode)
+    ref = dict(ref_leaves, delta=project_steps(ref_leaves["delta"], ref_leaves["weight"]))
+    y_ref = _call(ref, backend, mode, projected=False)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=y.dtype)
+    y.backward(gy)
+    y_ref.backward(gy)
+    for k in t:
+        scale = ref_leaves[k].grad.abs().max().clamp_min(1e-6)
+        torch.testing.assert_close(leaves[k].grad / scale, ref_leaves[k].grad / scale, rtol=2e-5, atol=2e-5,
+                                   msg=lambda m, k=k: f"gradient of {k}: {m}")
+    # the projection's gradient comes back in the layout the weight is stored in
+    assert leaves["weight"].grad.stride() == leaves["weight"].stride()
+
+
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="the CPU kernel could not be built")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_projected_step_sizes_half_inputs(dtype):
+    t = {k: v.to(dtype) for k, v in _projected_inputs().items()}
+    y = _call(t, "cpu", out_float=True)
+    y_ref = _call(dict(t, delta=project_steps(t["delta"].float(), t["weight"].float()).to(dtype)), "cpu",
+                  projected=False, out_float=True)
+    torch.testing.assert_close(y, y_ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="the CPU kernel could not be built")
+def test_projected_step_sizes_compile():
+    """Traced calls (here torch.compile) project first and take the registered op: same result."""
+    t = _projected_inputs()
+    fn = torch.compile(lambda x, dts, wt: cross_selective_scan(
+        x, dts, t["A"], t["B"], t["C"], D=t["D"], delta_bias=t["delta_bias"], delta_softplus=True,
+        backend="cpu", delta_proj_weight=wt), backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(fn(t["x"], t["delta"], t["weight"]), _call(t, "cpu"), rtol=1e-5, atol=1e-5)
+
+
+def test_projected_step_sizes_bad_shapes():
+    t = _projected_inputs()
+    with pytest.raises(ValueError, match=r"delta_proj_weight must have shape \(4, D, R\) = \(4, 12, R\)"):
+        _call(dict(t, weight=t["weight"][:, :5]), "torch")
+    with pytest.raises(ValueError, match=r"delta_proj_weight must have shape"):
+        _call(dict(t, weight=t["weight"][0]), "torch")
+    with pytest.raises(ValueError, match=r"delta must have shape \(batch, 4, R, H, W\) with delta_proj_weight"):
+        _call(dict(t, delta=t["delta"][:, :, :2]), "torch")

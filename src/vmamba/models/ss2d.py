@@ -121,8 +121,8 @@ class SS2D(nn.Module):
 
         ``x`` is best channel-last in memory (as the depthwise conv leaves it). The projections
         run per pixel on channel-last rows (the same numbers as projecting each scan sequence)
-        and the step sizes come out channel-last too, so the op reads every input in pixel
-        layout without a copy and may fold the scan orders into its kernel.
+        and the step sizes' low-rank inputs are strided views of them, so the op reads every
+        input in pixel layout without a copy and may fold the scan orders into its kernel.
         """
         r, n = self.dt_rank, self.d_state
         b, d, h, w = x.shape
@@ -130,15 +130,16 @@ class SS2D(nn.Module):
         # Plain matmuls rather than einsum: the same arithmetic, and fast in ONNX runtimes.
         x_dbl = linear(x.permute(0, 2, 3, 1), self.x_proj_weight.reshape(-1, d)).view(b * h * w, k, r + 2 * n)
         dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
-        # delta of direction k for every pixel, channel-last: (k, B*H*W, d) viewed as (B, k, d, H, W)
-        delta = torch.bmm(dts.transpose(0, 1), self.dt_projs_weight.transpose(1, 2))
-        delta = delta.view(k, b, h, w, d).permute(1, 0, 4, 2, 3)
+        dts = dts.view(b, h, w, k, r).permute(0, 3, 4, 1, 2)
         Bs = Bs.view(b, h, w, k, n).permute(0, 3, 4, 1, 2)
         Cs = Cs.view(b, h, w, k, n).permute(0, 3, 4, 1, 2)
+        # The step sizes' projection (dt_proj) goes with them: the "cpu" kernel applies it per
+        # step, so the (B, k, d, H, W) step sizes are never stored; other backends get them
+        # projected first (the same products).
         y = cross_selective_scan(
-            x, delta, -torch.exp(self.A_logs.float()), Bs, Cs, D=self.Ds.float(),
+            x, dts, -torch.exp(self.A_logs.float()), Bs, Cs, D=self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().reshape(-1), delta_softplus=True,
-            mode=self.scan_mode, out_float=True, backend=self.scan_backend,
+            mode=self.scan_mode, out_float=True, backend=self.scan_backend, delta_proj_weight=self.dt_projs_weight,
         )
         return y.permute(0, 2, 3, 1)
 

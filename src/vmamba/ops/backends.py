@@ -45,6 +45,8 @@ class ScanBackend:
         cross_fn: optional fused ``cross_selective_scan`` (scan orders folded into the kernel's
             indexing, same signature as ``cross_selective_scan`` without ``backend``); when
             absent, that op is composed from cross_scan, ``fn`` and cross_merge.
+        cross_projects: whether ``cross_fn`` also takes ``delta_proj_weight`` (the step sizes'
+            projection, applied inside the kernel); else the public op projects first.
     """
 
     name: str
@@ -58,6 +60,7 @@ class ScanBackend:
     self_check: Callable[[torch.device, torch.dtype], str | None] | None = None
     description: str = ""
     cross_fn: Callable | None = None
+    cross_projects: bool = False
 
     def refusal(self, device_type: str, dtype: torch.dtype, d_state: int = 1, empty: bool = False) -> str | None:
         """Why a call with these properties is outside the contract; None when it is inside."""
@@ -92,6 +95,7 @@ def register_backend(
     self_check: Callable[[torch.device, torch.dtype], str | None] | None = None,
     description: str = "",
     cross_fn: Callable | None = None,
+    cross_projects: bool = False,
 ) -> ScanBackend:
     """Register (or replace) a selective-scan backend under ``name`` and return its record.
 
@@ -111,6 +115,7 @@ def register_backend(
         self_check=self_check,
         description=description,
         cross_fn=cross_fn,
+        cross_projects=cross_projects and cross_fn is not None,
     )
     _BACKENDS[name] = backend
     for key in [k for k in _self_checks if k[0] == name]:  # a new implementation is checked anew

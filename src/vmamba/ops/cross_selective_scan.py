@@ -11,23 +11,34 @@ import torch
 
 from .backends import is_empty, resolve_backend
 from .cross_scan import check_scan_mode, cross_merge, cross_scan, scan_order
-from .scan_common import size_hint
+from .scan_common import project_steps, size_hint
 from .selective_scan import check_scan_inputs
 
 K = 4
 
 
-def _check_cross_inputs(x, delta, B, C):
+def _check_cross_inputs(x, delta, B, C, delta_proj_weight=None):
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"cross_selective_scan: x must have shape (batch, D, H, W), got {got}")
     b, d, h, w = x.shape
-    for name, t, rest in (("delta", delta, (d, h, w)), ("B", B, (None, h, w)), ("C", C, (None, h, w))):
+    projected = delta_proj_weight is not None
+    if projected:
+        if not isinstance(delta_proj_weight, torch.Tensor) or delta_proj_weight.dim() != 3 \
+                or tuple(delta_proj_weight.shape[:2]) != (K, d) or delta_proj_weight.shape[2] < 1:
+            got = (tuple(delta_proj_weight.shape) if isinstance(delta_proj_weight, torch.Tensor)
+                   else type(delta_proj_weight).__name__)
+            raise ValueError(f"cross_selective_scan: delta_proj_weight must have shape (4, D, R) = (4, {d}, R), "
+                             f"got {got}")
+    rank = delta_proj_weight.shape[2] if projected else None
+    for name, t, rest in (("delta", delta, (rank if projected else d, h, w)), ("B", B, (None, h, w)),
+                          ("C", C, (None, h, w))):
         want = (b, K) + rest
         if not isinstance(t, torch.Tensor) or t.dim() != 5 or any(
                 s is not None and s != g for s, g in zip(want, t.shape)):
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            dims = "(batch, 4, D, H, W)" if name == "delta" else "(batch, 4, N, H, W)"
+            dims = ("(batch, 4, R, H, W) with delta_proj_weight" if projected else "(batch, 4, D, H, W)") \
+                if name == "delta" else "(batch, 4, N, H, W)"
             raise ValueError(f"cross_selective_scan: {name} must have shape {dims} = "
                              f"{tuple('N' if s is None else s for s in want)}, got {got}")
 
@@ -45,6 +56,7 @@ def cross_selective_scan(
     mode: str = "cross2d",
     out_float: bool = False,
     backend: str = "auto",
+    delta_proj_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Selective scans along the four scan orders of a map, merged back: the SS2D core.
 
@@ -58,17 +70,27 @@ def cross_selective_scan(
         delta: raw step sizes per direction, (batch, 4, D, H, W), pixel layout.
         A: (4*D, N). B, C: (batch, 4, N, H, W), pixel layout.
         D, delta_bias: (4*D,), optional. delta_softplus, out_float, backend: as in selective_scan.
+        delta_proj_weight: optional (4, D, R) step-size projection. With it, ``delta`` holds the
+            step sizes' low-rank inputs, (batch, 4, R, H, W), and direction k's raw step sizes
+            are ``delta_proj_weight[k] @ delta[:, k]`` per pixel (SS2D's dt_proj): backends whose
+            kernel projects them itself (``"cpu"``) never materialise the (batch, 4, D, H, W)
+            step sizes; the others get them projected first.
 
     Returns:
         y, (batch, D, H, W).
     """
     check_scan_mode(mode)
-    _check_cross_inputs(x, delta, B, C)
+    _check_cross_inputs(x, delta, B, C, delta_proj_weight)
     b, d, h, w = x.shape
     # Shapes of A, D, delta_bias checked on (cheap) views standing for the scan sequences.
     check_scan_inputs(x.new_empty(()).expand(b, K * d, h * w), delta.new_empty(()).expand(b, K * d, h * w),
                       A, B.flatten(3), C.flatten(3), D, delta_bias)
     impl = resolve_backend(backend, x.device, x.dtype, A.shape[1], is_empty(x))
+    if delta_proj_weight is not None:
+        if impl.cross_fn is not None and impl.cross_projects:
+            return impl.cross_fn(x, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                                 mode=mode, out_float=out_float, delta_proj_weight=delta_proj_weight)
+        delta = project_steps(delta, delta_proj_weight)
     if impl.cross_fn is not None:
         return impl.cross_fn(x, delta, A, B, C, D=D, delta_bias=delta_bias,
                              delta_softplus=delta_softplus, mode=mode, out_float=out_float)

@@ -16,11 +16,12 @@ import torch
 from torch import Tensor
 
 from .cross_scan import SCAN_MODES, check_scan_mode, scan_order
-from .scan_common import scan_flops
+from .scan_common import project_steps, scan_flops
 
 __all__ = [
     "MODE_IDS", "SCAN_MODES", "check_scan_mode", "scan_order", "f32", "pixel_map", "kernel_output",
     "needs_grad", "cast_grad", "traced", "register_scan_autograd", "register_cross_autograd",
+    "projected_cross_function", "project_steps",
     "scan_op_flops", "cross_scan_op_flops",
 ]
 
@@ -141,10 +142,10 @@ def _scan_rules(backward_fn, label: str):
     return setup, backward
 
 
-def _cross_rules(backward_fn, label: str):
+def _cross_rules(backward_fn, label: str, n_tensors: int = CROSS_TENSOR_INPUTS):
     def setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs[:CROSS_TENSOR_INPUTS], output[1])
-        ctx.delta_softplus, ctx.mode = inputs[CROSS_TENSOR_INPUTS], inputs[CROSS_TENSOR_INPUTS + 1]
+        ctx.save_for_backward(*inputs[:n_tensors], output[1])
+        ctx.delta_softplus, ctx.mode = inputs[n_tensors], inputs[n_tensors + 1]
         ctx.n_inputs = len(inputs)
         ctx.set_materialize_grads(False)
 
@@ -157,7 +158,7 @@ def _cross_rules(backward_fn, label: str):
         grads = backward_fn(gy, *saved, states, ctx.delta_softplus, ctx.mode)
         need = ctx.needs_input_grad
         return (*(cast_grad(g, t, need[i]) for i, (g, t) in enumerate(zip(grads, saved))),
-                *([None] * (ctx.n_inputs - CROSS_TENSOR_INPUTS)))
+                *([None] * (ctx.n_inputs - n_tensors)))
 
     return setup, backward
 
@@ -187,3 +188,14 @@ def register_cross_autograd(op, backward_op, label: str, forward_impl=None, back
     if forward_impl is not None:
         return eager_function(_class_name(label), forward_impl, *_cross_rules(backward_impl, label))
     return None
+
+
+def projected_cross_function(label: str, forward_impl, backward_impl) -> type:
+    """An ``autograd.Function`` for a fused four-direction scan that projects its step sizes:
+    ``forward_impl(x, dts, delta_proj_weight, A, B, C, D, delta_bias, delta_softplus, mode,
+    save_states)`` returning ``(y, states)``, and ``backward_impl(gy, x, dts, delta_proj_weight,
+    ..., delta_bias, states, delta_softplus, mode)`` returning the eight input gradients in fp32.
+    Eager calls only: traced calls project the step sizes first (:func:`project_steps`) and take
+    the backend's registered op."""
+    return eager_function(_class_name(label), forward_impl,
+                          *_cross_rules(backward_impl, label, n_tensors=CROSS_TENSOR_INPUTS + 1))

@@ -45,6 +45,18 @@ def step_sizes(
     return dt
 
 
+def project_steps(dts: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Raw step sizes from their low-rank inputs, per scan direction k:
+    ``delta[b, k, :, h, w] = weight[k] @ dts[b, k, :, h, w]``.
+
+    dts (batch, K, R, H, W), weight (K, D, R) -> delta (batch, K, D, H, W), computed as K products
+    of (batch*H*W, R) rows by (R, D), so the result is channel-last in memory ((K, batch, H, W, D)).
+    """
+    b, k, r, h, w = dts.shape
+    rows = dts.permute(1, 0, 3, 4, 2).reshape(k, b * h * w, r)
+    return torch.bmm(rows, weight.transpose(1, 2)).view(k, b, h, w, weight.shape[1]).permute(1, 0, 4, 2, 3)
+
+
 def expand_groups(m: torch.Tensor, channels: int) -> torch.Tensor:
     """(B, G, N, L) grouped B or C -> (B, channels, N, L); channel c reads group c // (channels / G)."""
     b, g, n, length = m.shape

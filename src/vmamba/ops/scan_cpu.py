@@ -57,8 +57,8 @@ except ImportError:  # Windows
 from ..utils import cpu_flags, cpu_info
 from .backends import register_backend
 from .kernel_common import (
-    MODE_IDS, check_scan_mode, cross_scan_op_flops, f32, kernel_output, needs_grad, pixel_map,
-    register_cross_autograd, register_scan_autograd, scan_op_flops, scan_order, traced,
+    MODE_IDS, check_scan_mode, cross_scan_op_flops, f32, kernel_output, needs_grad, pixel_map, project_steps,
+    projected_cross_function, register_cross_autograd, register_scan_autograd, scan_op_flops, scan_order, traced,
 )
 
 __all__ = [
@@ -69,6 +69,7 @@ __all__ = [
 SCAN_OP = "vmamba::selective_scan_cpu"
 CROSS_SCAN_OP = "vmamba::cross_selective_scan_cpu"
 MAX_STATE = 64  # largest d_state the kernel takes (compiled in as VMAMBA_MAXN); larger ones go to "torch"
+MAX_RANK = 64   # largest step-size rank the kernel projects itself (its MAXR); larger ones are projected first
 _SOURCE = Path(__file__).parent / "cpu" / "selective_scan.cpp"
 
 _lock = threading.Lock()
@@ -305,7 +306,7 @@ def _scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: 
     """y (fp32, before the output cast), last state (b, D, N) and the saved chunk states."""
     y, last, states = _ext_or_raise().forward(
         u, delta.to(u.dtype), f32(A), _rows(B), _rows(C), f32(D), f32(delta_bias),
-        None if z is None else z.to(u.dtype), delta_softplus, save_states, 1, 0, False)
+        None if z is None else z.to(u.dtype), delta_softplus, save_states, 1, 0, False, None)
     return y, last, states
 
 
@@ -330,7 +331,7 @@ def _scan_backward(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor
     du, ddelta, dAp, dBp, dCp, dDp, dbp, dz = _ext_or_raise().backward(
         dy.float().contiguous(), None if dlast is None else f32(dlast), u,
         delta.to(u.dtype), f32(A), _rows(B), _rows(C), f32(D), f32(delta_bias),
-        None if z is None else z.to(u.dtype), states, delta_softplus, 1, 0, False)
+        None if z is None else z.to(u.dtype), states, delta_softplus, 1, 0, False, None)
     dB = dBp.sum(2).transpose(-1, -2).contiguous()
     dC = dCp.sum(2).transpose(-1, -2).contiguous()
     return du, ddelta, dAp.sum(0), dB, dC, dDp.sum(0), dbp.sum(0), dz
@@ -403,7 +404,7 @@ def _cross_forward_impl(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
     ``follow_layouts`` (eager calls) channel-last for a channel-last ``x``."""
     y, _, states = _ext_or_raise().forward(
         pixel_map(x), pixel_map(delta.to(x.dtype)), f32(A), _scan_rows(B, mode), _scan_rows(C, mode),
-        f32(D), f32(delta_bias), None, delta_softplus, save_states, 4, MODE_IDS[mode], follow_layouts)
+        f32(D), f32(delta_bias), None, delta_softplus, save_states, 4, MODE_IDS[mode], follow_layouts, None)
     return y, states
 
 
@@ -442,7 +443,7 @@ def _cross_backward_impl(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Ten
     dx, ddelta, dAp, dBp, dCp, dDp, dbp, _ = _ext_or_raise().backward(
         dy.float().contiguous(memory_format=dy_format), None, xm, dd, f32(A),
         _scan_rows(B, mode), _scan_rows(C, mode), f32(D), f32(delta_bias), None, states,
-        delta_softplus, 4, MODE_IDS[mode], follow_layouts)
+        delta_softplus, 4, MODE_IDS[mode], follow_layouts, None)
     dB = _from_scan_order(dBp.sum(2).transpose(-1, -2), mode, h, w)
     dC = _from_scan_order(dCp.sum(2).transpose(-1, -2), mode, h, w)
     return dx, ddelta, dAp.sum(0), dB, dC, dDp.sum(0), dbp.sum(0)
@@ -479,12 +480,70 @@ _CrossScanFunction = register_cross_autograd(_cross_op, _cross_bwd_op, "cpu cros
                                              _cross_backward_eager)
 
 
+# ----------------------------------------------------------------------------- step sizes projected in the kernel
+#
+# With ``delta_proj_weight`` the op gets the step sizes' low-rank inputs dts (b, 4, R, H, W) and
+# the projection (4, D, R) instead of delta (b, 4, D, H, W): the kernel forms each step's delta
+# from the R values of its pixel, so delta (4 * D floats per pixel against 4 * R) is never
+# written, read back or kept for the backward. The backward kernel recomputes it the same way
+# and writes d delta, which two batched products turn into the gradients of dts and the
+# projection. Eager calls only; traced ones project first and take the registered op.
+
+def _proj_weight(weight: Tensor) -> Tensor:
+    """(4, D, R) -> contiguous fp32 (4 * D, R), the kernel's layout."""
+    return weight.float().reshape(-1, weight.shape[-1]).contiguous()
+
+
+def _cross_proj_forward(x: Tensor, dts: Tensor, weight: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                        D: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool, mode: str,
+                        save_states: bool) -> tuple[Tensor, Tensor]:
+    """Merged y (b, d, H, W) fp32 (channel-last for a channel-last x) and the saved chunk states."""
+    y, _, states = _ext_or_raise().forward(
+        pixel_map(x), pixel_map(dts.to(x.dtype)), f32(A), _scan_rows(B, mode), _scan_rows(C, mode),
+        f32(D), f32(delta_bias), None, delta_softplus, save_states, 4, MODE_IDS[mode], True, _proj_weight(weight))
+    return y, states
+
+
+def _cross_proj_backward(dy: Tensor, x: Tensor, dts: Tensor, weight: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                         D: Optional[Tensor], delta_bias: Optional[Tensor], states: Tensor, delta_softplus: bool,
+                         mode: str) -> tuple[Tensor, ...]:
+    """Gradients (fp32) of x, dts, the projection, A, B, C, D, delta_bias."""
+    b, k, r, h, w = dts.shape
+    d = x.shape[1]
+    xm, wk = pixel_map(x), _proj_weight(weight)
+    dx, ddelta, dAp, dBp, dCp, dDp, dbp, _ = _ext_or_raise().backward(
+        dy.float().contiguous(memory_format=_y_format(xm)), None, xm, pixel_map(dts.to(x.dtype)), f32(A),
+        _scan_rows(B, mode), _scan_rows(C, mode), f32(D), f32(delta_bias), None, states,
+        delta_softplus, 4, MODE_IDS[mode], True, wk)
+    dd = ddelta.permute(1, 0, 3, 4, 2).reshape(k, b * h * w, d)  # a view: the kernel writes (4, b, H, W, D)
+    rows = dts.permute(1, 0, 3, 4, 2).reshape(k, b * h * w, r).float()
+    d_dts = torch.bmm(dd, wk.view(k, d, r)).view(k, b, h, w, r).permute(1, 0, 4, 2, 3)
+    # (4, R, D) memory, transposed: the layout SS2D keeps its projection in (its gradient matches)
+    d_weight = torch.bmm(rows.transpose(1, 2), dd).transpose(1, 2)
+    dB = _from_scan_order(dBp.sum(2).transpose(-1, -2), mode, h, w)
+    dC = _from_scan_order(dCp.sum(2).transpose(-1, -2), mode, h, w)
+    return dx, d_dts, d_weight, dAp.sum(0), dB, dC, dDp.sum(0), dbp.sum(0)
+
+
+_CrossProjFunction = projected_cross_function("cpu cross scan projected", _cross_proj_forward, _cross_proj_backward)
+
+
 def cross_selective_scan_cpu(x, delta, A, B, C, *, D=None, delta_bias=None, delta_softplus=False,
-                             mode="cross2d", out_float=False):
+                             mode="cross2d", out_float=False, delta_proj_weight=None):
     """Fused ``cross_selective_scan`` (the backend's ``cross_fn``): inputs in pixel layout, the
-    kernel walks the four scan orders of ``mode`` itself and accumulates the merged output.
+    kernel walks the four scan orders of ``mode`` itself and accumulates the merged output; with
+    ``delta_proj_weight`` (4, D, R), ``delta`` is (b, 4, R, H, W) and the kernel projects it.
     Called, like the plain op, only inside the backend's contract."""
     check_scan_mode(mode)
+    if delta_proj_weight is not None:
+        tensors = (x, delta, delta_proj_weight, A, B, C, D, delta_bias)
+        if traced(*tensors) or delta.shape[2] > MAX_RANK:
+            delta = project_steps(delta, delta_proj_weight)
+        else:
+            save = needs_grad(*tensors)
+            op = _CrossProjFunction.apply if save else _cross_proj_forward
+            y, _ = op(x, delta, delta_proj_weight, A, B, C, D, delta_bias, bool(delta_softplus), mode, save)
+            return y if out_float else y.to(x.dtype)
     save = needs_grad(x, delta, A, B, C, D, delta_bias)
     if traced(x, delta, A, B, C, D, delta_bias):
         op = _cross_op
@@ -502,6 +561,6 @@ register_flop_formula(torch.ops.vmamba.cross_selective_scan_cpu)(cross_scan_op_f
 register_backend(
     "cpu", selective_scan_cpu, devices=("cpu",), dtypes=(torch.float32, torch.bfloat16, torch.float16),
     max_d_state=MAX_STATE, empty_inputs=False, priority=10, is_available=is_available,
-    cross_fn=cross_selective_scan_cpu,
+    cross_fn=cross_selective_scan_cpu, cross_projects=True,
     description="fused C++ kernel (SIMD over channels, OpenMP over batch x channels), compiled on first use",
 )

@@ -282,7 +282,13 @@ struct Problem {
   bool softplus, has_D, has_bias, has_z, save, cross;
   bool y_cl;           // cross: y and dout channel-last, (batch, L, Dch) memory, as a channel-last x
   const void* u;       // plain: (batch, Dch, L); cross: x (batch, Dch, H, W)
-  const void* delta;   // (batch, K * Dch, L), pixel layout for cross
+  const void* delta;   // (batch, K * Dch, L), pixel layout for cross; null when projected (dts)
+  // cross only, the step sizes projected in the kernel (delta of direction k, channel c at pixel p
+  // = sum_r dtw[k * Dch + c][r] * dts[b, k, r, p]): the low-rank inputs, any strides, u's dtype
+  const void* dts;
+  int64_t sdt[4];      // element strides of dts: batch, direction, rank, pixel
+  const float* dtw;    // (K * Dch, R) fp32
+  int R;
   const void* z;       // plain only: (batch, Dch, L)
   const float* A;      // (K * Dch, N)
   const float* Dv;     // (K * Dch)
@@ -290,13 +296,13 @@ struct Problem {
   const float* Bt;     // (batch, K * G, L, N), scan order
   const float* Ct;
   // forward outputs
-  float* y;            // plain: (batch, Dch, L) written; cross: (batch, Dch, L) or (y_cl) (batch, L, Dch) accumulated
+  float* y;            // plain: (batch, Dch, L); cross: (batch, Dch, L) or (y_cl) (batch, L, Dch), direction 0 writes, the others add
   float* last;         // (batch, K * Dch, N)
   float* states;       // (batch, K, G * nblk, nchunks, N, W)
   // backward
   const float* dout;   // like y
   const float* dlast;  // (batch, K * Dch, N) or null
-  float* du;           // like u (fp32); accumulated for cross
+  float* du;           // like u (fp32); for cross written by direction 0, added to by the others
   float* ddelta;       // like delta (fp32): (batch, K * Dch, L), or delta's strides sd when dd_cl
   bool dd_cl;          // ddelta has delta's channel-last strides (channel stride 1)
   float* dz;           // like z (fp32)
@@ -468,6 +474,56 @@ static inline void step_tile(vf* dt, vf* sig, int tc, vf bias, vf mask, bool sof
   }
 }
 
+// ---- step sizes projected in the kernel (P.dtw): one broadcast FMA per rank and step, four steps
+// at a time so that the four sums are independent chains; ranks summed in order (deterministic).
+constexpr int MAXR = 64;
+
+static inline void load_proj_weights(const Problem& P, int64_t sc0, int nl, vf* Wv) {
+  for (int r = 0; r < P.R; ++r) {
+    Wv[r] = vf{};
+    for (int w = 0; w < nl; ++w) lanes(Wv[r])[w] = P.dtw[(sc0 + w) * P.R + r];
+  }
+}
+
+template <typename S>
+static void project_tile_t(vf* dt, const S* base, int64_t stride_r, int64_t stride_p, const int64_t* pidx, int tc,
+                           const vf* Wv, int R) {
+  int j = 0;
+  for (; j + 4 <= tc; j += 4) {
+    const S *p0 = base + pidx[j] * stride_p, *p1 = base + pidx[j + 1] * stride_p;
+    const S *p2 = base + pidx[j + 2] * stride_p, *p3 = base + pidx[j + 3] * stride_p;
+    vf a0 = vf{}, a1 = vf{}, a2 = vf{}, a3 = vf{};
+    for (int r = 0; r < R; ++r) {
+      const int64_t o = r * stride_r;
+      a0 = a0 + Wv[r] * to_f(p0[o]);
+      a1 = a1 + Wv[r] * to_f(p1[o]);
+      a2 = a2 + Wv[r] * to_f(p2[o]);
+      a3 = a3 + Wv[r] * to_f(p3[o]);
+    }
+    dt[j] = a0;
+    dt[j + 1] = a1;
+    dt[j + 2] = a2;
+    dt[j + 3] = a3;
+  }
+  for (; j < tc; ++j) {
+    const S* p = base + pidx[j] * stride_p;
+    vf a = vf{};
+    for (int r = 0; r < R; ++r) a = a + Wv[r] * to_f(p[r * stride_r]);
+    dt[j] = a;
+  }
+}
+
+// The raw step sizes of direction k at the tc pixels pidx, projected from dts.
+static inline void project_tile(vf* dt, const Problem& P, int64_t b, int k, const int64_t* pidx, int tc,
+                                const vf* Wv) {
+  const int64_t off = b * P.sdt[0] + k * P.sdt[1];
+  switch (P.dtype) {
+    case 1: project_tile_t(dt, static_cast<const c10::BFloat16*>(P.dts) + off, P.sdt[2], P.sdt[3], pidx, tc, Wv, P.R); break;
+    case 2: project_tile_t(dt, static_cast<const c10::Half*>(P.dts) + off, P.sdt[2], P.sdt[3], pidx, tc, Wv, P.R); break;
+    default: project_tile_t(dt, static_cast<const float*>(P.dts) + off, P.sdt[2], P.sdt[3], pidx, tc, Wv, P.R);
+  }
+}
+
 static inline void load_lane_params(const Problem& P, int64_t sc0, int nl, vf* Av, vf& Dl, vf& bl, vf& mask) {
   const int64_t N = P.N;
   for (int n = 0; n < N; ++n) Av[n] = vf{};
@@ -611,6 +667,7 @@ void forward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vect
   int64_t pidx[T];
   vf Av[NS ? NS : MAXN];
   vf h[NS ? NS : MAXN];
+  vf Wv[MAXR];
   const int64_t u_b = b * P.Dch * L;
   vf *xc = nullptr, *dc = nullptr, *yc = nullptr;  // column-major copies of x, delta_k and y
   if (by_columns(P, 1)) {
@@ -625,7 +682,8 @@ void forward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vect
     const bool cols = by_columns(P, k);
     vf Dl, bl, mask;
     load_lane_params(P, sc0, nl, Av, Dl, bl, mask);
-    if (cols) map_to_columns(dc, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], P.H, P.Wd, nl);
+    if (P.dtw) load_proj_weights(P, sc0, nl, Wv);
+    if (cols && !P.dtw) map_to_columns(dc, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], P.H, P.Wd, nl);
 #pragma GCC unroll 16
     for (int n = 0; n < N; ++n) h[n] = vf{};
     const float* Bk = P.Bt + ((b * P.K + k) * P.G + g) * L * N;
@@ -641,12 +699,18 @@ void forward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vect
         for (int j = 0; j < tc; ++j) {
           const int64_t i = column_index(k, t0 + j, L);
           u_t[j] = xc[i];
-          dt_t[j] = dc[i];
+          if (!P.dtw) dt_t[j] = dc[i];
         }
       } else {
         for (int j = 0; j < tc; ++j) pidx[j] = pixel(P.mode, k, t0 + j, L, P.H, P.Wd);
         load_tile(u_t, P.u, P.dtype, b * P.su[0] + c0 * P.su[1], P.su[1], P.su[2], pidx, tc, nl);
-        load_tile(dt_t, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], pidx, tc, nl);
+        if (!P.dtw)
+          load_tile(dt_t, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], pidx, tc, nl);
+      }
+      if (P.dtw) {
+        if (cols)
+          for (int j = 0; j < tc; ++j) pidx[j] = pixel(P.mode, k, t0 + j, L, P.H, P.Wd);
+        project_tile(dt_t, P, b, k, pidx, tc, Wv);
       }
       step_tile(dt_t, nullptr, tc, bl, mask, P.softplus);
       const float* Bj = Bk + t0 * N;
@@ -678,11 +742,11 @@ void forward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vect
           const int64_t i = column_index(k, t0 + j, L);
           yc[i] = k == 1 ? y_t[j] : yc[i] + y_t[j];
         }
-      } else if (P.y_cl) {  // one vector add per step into the pixel's channels
+      } else if (P.y_cl) {  // one vector store (direction 0) or add per step into the pixel's channels
         float* yb = P.y + u_b + c0;
-        for (int j = 0; j < tc; ++j) store_lanes(yb + pidx[j] * P.Dch, y_t[j], nl, true);
-      } else {
-        store_tile(P.y + u_b + c0 * L, L, pidx, y_t, tc, nl, P.cross);
+        for (int j = 0; j < tc; ++j) store_lanes(yb + pidx[j] * P.Dch, y_t[j], nl, k != 0);
+      } else {  // direction 0 (row-major, never by columns) writes y, the others add to it
+        store_tile(P.y + u_b + c0 * L, L, pidx, y_t, tc, nl, P.cross && k != 0);
       }
     }
     if (P.last) {
@@ -828,6 +892,7 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
   vf dt_t[T], sg_t[T], u_t[T], z_t[T], do_t[T], dy_t[T], ys_t[T], du_t[T], dd_t[T], dz_t[T];
   int64_t pidx[T];
   vf Av[NS ? NS : MAXN], h0[NS ? NS : MAXN], dh[NS ? NS : MAXN];
+  vf Wv[MAXR];
   buf.resize(static_cast<size_t>(2 * T + 1) * N);
   vf* as = buf.data();          // [T][N] exp(dt A) of step j
   vf* hps = as + T * N;         // [T][N] state entering step j
@@ -852,7 +917,8 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
     const bool cols = by_columns(P, k);
     vf Dl, bl, mask;
     load_lane_params(P, sc0, nl, Av, Dl, bl, mask);
-    if (cols) map_to_columns(dc, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], P.H, P.Wd, nl);
+    if (P.dtw) load_proj_weights(P, sc0, nl, Wv);
+    if (cols && !P.dtw) map_to_columns(dc, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], P.H, P.Wd, nl);
     for (int n = 0; n < N; ++n) {
       dh[n] = vf{};
       dA_acc[n] = vf{};
@@ -878,17 +944,23 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
         for (int j = 0; j < tc; ++j) {
           const int64_t i = column_index(k, t0 + j, L);
           u_t[j] = xc[i];
-          dt_t[j] = dc[i];
+          if (!P.dtw) dt_t[j] = dc[i];
           dy_t[j] = dyc[i];
         }
       } else {
         for (int j = 0; j < tc; ++j) pidx[j] = pixel(P.mode, k, t0 + j, L, P.H, P.Wd);
         load_tile(u_t, P.u, P.dtype, b * P.su[0] + c0 * P.su[1], P.su[1], P.su[2], pidx, tc, nl);
-        load_tile(dt_t, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], pidx, tc, nl);
+        if (!P.dtw)
+          load_tile(dt_t, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], pidx, tc, nl);
         if (P.y_cl)
           load_tile(dy_t, P.dout, 0, u_b + c0, 1, P.Dch, pidx, tc, nl);
         else
           load_tile(dy_t, P.dout, 0, u_b + c0 * L, L, 1, pidx, tc, nl);
+      }
+      if (P.dtw) {
+        if (cols)
+          for (int j = 0; j < tc; ++j) pidx[j] = pixel(P.mode, k, t0 + j, L, P.H, P.Wd);
+        project_tile(dt_t, P, b, k, pidx, tc, Wv);
       }
       step_tile(dt_t, sg_t, tc, bl, mask, P.softplus);
       if (P.has_z) {  // dy := gradient of the output before the gate y * silu(z)
@@ -982,7 +1054,7 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
           dc[i] = dd_t[j];
         }
       } else {
-        store_tile(P.du + u_b + c0 * L, L, pidx, du_t, tc, nl, P.cross);
+        store_tile(P.du + u_b + c0 * L, L, pidx, du_t, tc, nl, P.cross && k != 0);  // as y in the forward
         if (P.dd_cl) {  // one vector store per step, in delta's own layout
           float* ddk = P.ddelta + b * P.sd[0] + k * P.sd[1] + c0;
           for (int j = 0; j < tc; ++j) store_lanes(ddk + pidx[j] * P.sd[3], dd_t[j], nl);
@@ -1081,7 +1153,7 @@ const float* opt_ptr(const c10::optional<at::Tensor>& t) {
 Problem make_problem(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& Bt,
                      const at::Tensor& Ct, const c10::optional<at::Tensor>& Dv,
                      const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& z, bool softplus,
-                     int64_t K, int64_t mode, bool follow_layouts) {
+                     int64_t K, int64_t mode, bool follow_layouts, const c10::optional<at::Tensor>& dtw) {
   TORCH_CHECK(A.is_contiguous() && Bt.is_contiguous() && Ct.is_contiguous(),
               "vmamba cpu scan: A, B, C must be contiguous");
   TORCH_CHECK(A.scalar_type() == at::kFloat && Bt.scalar_type() == at::kFloat && Ct.scalar_type() == at::kFloat,
@@ -1120,10 +1192,24 @@ Problem make_problem(const at::Tensor& u, const at::Tensor& delta, const at::Ten
     TORCH_CHECK((P.H == 1 || u.stride(2) == P.Wd * u.stride(3)) && (P.H == 1 || delta.stride(3) == P.Wd * delta.stride(4)),
                 "vmamba cpu scan: the H and W dims of x and delta must be flattenable");
     P.su[0] = u.stride(0); P.su[1] = u.stride(1); P.su[2] = u.stride(3);
-    P.sd[0] = delta.stride(0); P.sd[1] = delta.stride(1); P.sd[2] = delta.stride(2); P.sd[3] = delta.stride(4);
+    if (dtw.has_value() && dtw->defined()) {  // delta holds the low-rank dts (batch, K, R, H, W)
+      TORCH_CHECK(dtw->scalar_type() == at::kFloat && dtw->is_contiguous() && dtw->dim() == 2 &&
+                      dtw->size(0) == K * P.Dch && dtw->size(1) == delta.size(2) && dtw->size(1) >= 1 &&
+                      dtw->size(1) <= MAXR,
+                  "vmamba cpu scan: the step-size projection must be a contiguous float32 (K * D, R) tensor with "
+                  "R = dts.size(2) in [1, ", MAXR, "]");
+      P.dts = delta.data_ptr();
+      P.delta = nullptr;
+      P.dtw = dtw->data_ptr<float>();
+      P.R = static_cast<int>(dtw->size(1));
+      P.sdt[0] = delta.stride(0); P.sdt[1] = delta.stride(1); P.sdt[2] = delta.stride(2); P.sdt[3] = delta.stride(4);
+    } else {
+      P.sd[0] = delta.stride(0); P.sd[1] = delta.stride(1); P.sd[2] = delta.stride(2); P.sd[3] = delta.stride(4);
+    }
     P.y_cl = follow_layouts && u.is_contiguous(at::MemoryFormat::ChannelsLast);
   } else {
     TORCH_CHECK(u.dim() == 3 && delta.dim() == 3 && delta.sizes() == u.sizes(), "vmamba cpu scan: bad shapes");
+    TORCH_CHECK(!(dtw.has_value() && dtw->defined()), "vmamba cpu scan: the step-size projection is for cross scans");
     P.su[0] = u.stride(0); P.su[1] = u.stride(1); P.su[2] = u.stride(2);
     P.sd[0] = delta.stride(0); P.sd[1] = 0; P.sd[2] = delta.stride(1); P.sd[3] = delta.stride(2);
   }
@@ -1147,12 +1233,12 @@ Problem make_problem(const at::Tensor& u, const at::Tensor& delta, const at::Ten
 std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                 const at::Tensor& Bt, const at::Tensor& Ct, const c10::optional<at::Tensor>& Dv,
                                 const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& z,
-                                bool softplus, bool save, int64_t K, int64_t mode, bool follow_layouts) {
-  Problem P = make_problem(u, delta, A, Bt, Ct, Dv, bias, z, softplus, K, mode, follow_layouts);
+                                bool softplus, bool save, int64_t K, int64_t mode, bool follow_layouts,
+                                const c10::optional<at::Tensor>& dtw) {
+  Problem P = make_problem(u, delta, A, Bt, Ct, Dv, bias, z, softplus, K, mode, follow_layouts, dtw);
   auto f32 = u.options().dtype(at::kFloat);
-  at::Tensor y = !P.cross ? at::empty(u.sizes(), f32)
-                 : P.y_cl ? at::empty(u.sizes(), f32, at::MemoryFormat::ChannelsLast).zero_()
-                          : at::zeros(u.sizes(), f32);
+  // not zero-filled: direction 0 of the cross scan writes every element before the others add
+  at::Tensor y = P.y_cl ? at::empty(u.sizes(), f32, at::MemoryFormat::ChannelsLast) : at::empty(u.sizes(), f32);
   TORCH_CHECK(!P.y_cl || y.is_contiguous(at::MemoryFormat::ChannelsLast), "vmamba cpu scan: y is not channel-last");
   at::Tensor last = at::empty({P.batch, K * P.Dch, P.N}, f32);
   at::Tensor states = save ? at::empty({P.batch, K, P.G * P.nblk, P.nchunks, P.N, W}, f32) : at::empty({0}, f32);
@@ -1175,19 +1261,27 @@ std::vector<at::Tensor> backward(const at::Tensor& dout, const c10::optional<at:
                                  const at::Tensor& Ct, const c10::optional<at::Tensor>& Dv,
                                  const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& z,
                                  const at::Tensor& states, bool softplus, int64_t K, int64_t mode,
-                                 bool follow_layouts) {
-  Problem P = make_problem(u, delta, A, Bt, Ct, Dv, bias, z, softplus, K, mode, follow_layouts);
+                                 bool follow_layouts, const c10::optional<at::Tensor>& dtw) {
+  Problem P = make_problem(u, delta, A, Bt, Ct, Dv, bias, z, softplus, K, mode, follow_layouts, dtw);
   TORCH_CHECK((P.y_cl ? dout.is_contiguous(at::MemoryFormat::ChannelsLast) : dout.is_contiguous()) &&
                   dout.scalar_type() == at::kFloat && dout.sizes() == u.sizes(),
               "vmamba cpu scan: dout must be a float32 tensor shaped like u, in y's layout (channel-last for a "
               "channel-last x)");
   auto f32 = u.options().dtype(at::kFloat);
-  at::Tensor du = P.cross ? at::zeros(u.sizes(), f32) : at::empty(u.sizes(), f32);
+  at::Tensor du = at::empty(u.sizes(), f32);  // written by direction 0 first, as y in the forward
   // d delta of the fused cross scan in delta's own channel-last layout when delta has one (SS2D's
   // step sizes come out of their projection so): the autograd graph then takes it back to the
   // projection's output without a transposing copy.
-  P.dd_cl = P.cross && follow_layouts && P.sd[2] == 1 && delta.is_non_overlapping_and_dense();
-  at::Tensor ddelta = P.dd_cl ? at::empty_strided(delta.sizes(), delta.strides(), f32) : at::empty(delta.sizes(), f32);
+  at::Tensor ddelta;
+  if (P.dtw) {  // projected step sizes: d delta (batch, K, D, H, W) with (K, batch, H, W, D) memory, the
+                // layout the projection's backward products read as (K, batch * L, D)
+    ddelta = at::empty({K, P.batch, P.H, P.Wd, P.Dch}, f32).permute({1, 0, 4, 2, 3});
+    P.sd[0] = ddelta.stride(0); P.sd[1] = ddelta.stride(1); P.sd[2] = 1; P.sd[3] = ddelta.stride(4);
+    P.dd_cl = true;
+  } else {
+    P.dd_cl = P.cross && follow_layouts && P.sd[2] == 1 && delta.is_non_overlapping_and_dense();
+    ddelta = P.dd_cl ? at::empty_strided(delta.sizes(), delta.strides(), f32) : at::empty(delta.sizes(), f32);
+  }
   at::Tensor dz = P.has_z ? at::empty(u.sizes(), f32) : at::empty({0}, f32);
   at::Tensor dAp = at::empty({P.batch, K * P.Dch, P.N}, f32);
   at::Tensor dDp = at::empty({P.batch, K * P.Dch}, f32);
