@@ -172,3 +172,7 @@ def test_projected_step_sizes_bad_shapes():
         _call(dict(t, weight=t["weight"][0]), "torch")
     with pytest.raises(ValueError, match=r"delta must have shape \(batch, 4, R, H, W\) with delta_proj_weight"):
         _call(dict(t, delta=t["delta"][:, :, :2]), "torch")
+    with pytest.raises(ValueError, match=r"delta_proj_weight must be a floating-point tensor on x's device"):
+        _call(dict(t, weight=t["weight"].to(torch.int64)), "torch")
+    with pytest.raises(ValueError, match=r"delta_proj_weight must be a floating-point tensor on x's device"):
+        _call(dict(t, weight=t["weight"].to("meta")), "torch")

@@ -30,6 +30,9 @@ def _check_cross_inputs(x, delta, B, C, delta_proj_weight=None):
                    else type(delta_proj_weight).__name__)
             raise ValueError(f"cross_selective_scan: delta_proj_weight must have shape (4, D, R) = (4, {d}, R), "
                              f"got {got}")
+        if delta_proj_weight.device != x.device or not delta_proj_weight.is_floating_point():
+            raise ValueError(f"cross_selective_scan: delta_proj_weight must be a floating-point tensor on x's "
+                             f"device ({x.device}), got {delta_proj_weight.dtype} on {delta_proj_weight.device}")
     rank = delta_proj_weight.shape[2] if projected else None
     for name, t, rest in (("delta", delta, (rank if projected else d, h, w)), ("B", B, (None, h, w)),
                           ("C", C, (None, h, w))):
