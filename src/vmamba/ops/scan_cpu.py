@@ -58,7 +58,7 @@ from ..utils import cpu_flags, cpu_info
 from .backends import register_backend
 from .kernel_common import (
     MODE_IDS, check_scan_mode, cross_scan_op_flops, f32, kernel_output, needs_grad, pixel_map, project_steps,
-    projected_cross_function, register_cross_autograd, register_scan_autograd, scan_op_flops, scan_order, traced,
+    projected_cross_function, register_cross_autograd, register_scan_autograd, scan_op_flops, traced,
 )
 
 __all__ = [
@@ -373,21 +373,51 @@ def selective_scan_cpu(
 
 # ----------------------------------------------------------------------------- fused cross scan op
 
-def _from_scan_order(t: Tensor, mode: str, h: int, w: int) -> Tensor:
-    """Adjoint of :func:`scan_order` slot by slot: (b, 4, X, L) scan order -> (b, 4, X, H, W)."""
-    b, k, x, _ = t.shape
-    if mode == "unidi":
-        return t.reshape(b, k, x, h, w)
-    if mode == "bidi":
-        return torch.cat([t[:, :2], t[:, 2:].flip(-1)], dim=1).reshape(b, k, x, h, w)
-    row = torch.stack([t[:, 0], t[:, 2].flip(-1)], dim=1).reshape(b, 2, x, h, w)
-    col = torch.stack([t[:, 1], t[:, 3].flip(-1)], dim=1).reshape(b, 2, x, w, h).transpose(-1, -2)
-    return torch.stack([row[:, 0], col[:, 0], row[:, 1], col[:, 1]], dim=1).contiguous()
+# The kernel reads B and C as rows in scan order; SS2D gives them per pixel. The reorder (and its
+# adjoint for their gradients) is one gather along the map with a cached index, rather than the
+# stack of transposes and flips of `scan_order`: on the small maps of the late stages those
+# dozen small ops cost more than the kernel call itself.
+_ORDERS: dict = {}
+
+
+def _scan_index(mode: str, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(4, L) int64 ``read`` (step t of direction k reads pixel read[k, t], row-major) and its
+    inverse ``back`` (pixel p is step back[k, p] of direction k), for ``mode`` on an h x w map."""
+    key = (mode, h, w, device)
+    found = _ORDERS.get(key)
+    if found is None:
+        pixel = torch.arange(h * w, device=device)
+        row, col = pixel, pixel.view(h, w).t().reshape(-1)
+        orders = {"cross2d": (row, col, row.flip(0), col.flip(0)), "bidi": (row, row, row.flip(0), row.flip(0)),
+                  "unidi": (row, row, row, row)}[mode]
+        read = torch.stack(orders)
+        found = (read, read.argsort(dim=1))
+        if len(_ORDERS) >= 64:
+            _ORDERS.clear()
+        _ORDERS[key] = found
+    return found
 
 
 def _scan_rows(m: Tensor, mode: str) -> Tensor:
-    """(b, 4, N, H, W) pixel layout -> (b, 4, L, N) fp32 rows in scan order."""
-    return scan_order(m.float(), mode).transpose(-1, -2).contiguous()
+    """(b, 4, N, H, W) pixel layout -> (b, 4, L, N) fp32 rows in scan order (contiguous)."""
+    b, k, n, h, w = m.shape
+    rows = m.float().flatten(3).transpose(2, 3)  # (b, 4, L, N), a view where m's pixels flatten
+    if mode == "unidi":
+        return rows.contiguous()
+    read = _scan_index(mode, h, w, m.device)[0]
+    return torch.gather(rows, 2, read.view(1, k, h * w, 1).expand(b, k, h * w, n))
+
+
+def _pixel_grad(partials: Tensor, mode: str, h: int, w: int) -> Tensor:
+    """The kernel's dB or dC partials (b, 4, nsb, L, N), summed, back to B's pixel layout
+    (b, 4, N, H, W): the adjoint of :func:`_scan_rows`."""
+    t = partials[:, :, 0] if partials.shape[2] == 1 else partials.sum(2)  # (b, 4, L, N) in scan order
+    b, k, length, n = t.shape
+    if mode != "unidi":
+        back = _scan_index(mode, h, w, t.device)[1]
+        t = torch.gather(t, 2, back.view(1, k, length, 1).expand(b, k, length, n))
+    # contiguous, as the registered backward op's fake says (a copy only for N > 1)
+    return t.transpose(2, 3).contiguous().view(b, k, n, h, w)
 
 
 def _y_format(x: Tensor) -> torch.memory_format:
@@ -444,8 +474,7 @@ def _cross_backward_impl(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Ten
         dy.float().contiguous(memory_format=dy_format), None, xm, dd, f32(A),
         _scan_rows(B, mode), _scan_rows(C, mode), f32(D), f32(delta_bias), None, states,
         delta_softplus, 4, MODE_IDS[mode], follow_layouts, None)
-    dB = _from_scan_order(dBp.sum(2).transpose(-1, -2), mode, h, w)
-    dC = _from_scan_order(dCp.sum(2).transpose(-1, -2), mode, h, w)
+    dB, dC = _pixel_grad(dBp, mode, h, w), _pixel_grad(dCp, mode, h, w)
     return dx, ddelta, dAp.sum(0), dB, dC, dDp.sum(0), dbp.sum(0)
 
 
@@ -520,8 +549,7 @@ def _cross_proj_backward(dy: Tensor, x: Tensor, dts: Tensor, weight: Tensor, A: 
     d_dts = torch.bmm(dd, wk.view(k, d, r)).view(k, b, h, w, r).permute(1, 0, 4, 2, 3)
     # (4, R, D) memory, transposed: the layout SS2D keeps its projection in (its gradient matches)
     d_weight = torch.bmm(rows.transpose(1, 2), dd).transpose(1, 2)
-    dB = _from_scan_order(dBp.sum(2).transpose(-1, -2), mode, h, w)
-    dC = _from_scan_order(dCp.sum(2).transpose(-1, -2), mode, h, w)
+    dB, dC = _pixel_grad(dBp, mode, h, w), _pixel_grad(dCp, mode, h, w)
     return dx, d_dts, d_weight, dAp.sum(0), dB, dC, dDp.sum(0), dbp.sum(0)
 
 
