@@ -176,3 +176,16 @@ def test_projected_step_sizes_bad_shapes():
         _call(dict(t, weight=t["weight"].to(torch.int64)), "torch")
     with pytest.raises(ValueError, match=r"delta_proj_weight must be a floating-point tensor on x's device"):
         _call(dict(t, weight=t["weight"].to("meta")), "torch")
+
+
+@pytest.mark.skipif("cpu" not in available_backends("cpu"), reason="the CPU kernel could not be built")
+def test_inference_mode_first_then_training():
+    """The kernel's cached scan-order indices made under inference_mode serve training later."""
+    t = _projected_inputs(h=11, w=13)  # a map size no other test uses: the first call makes the index
+    with torch.inference_mode():
+        y0 = _call(t, "cpu")
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
+    y = _call(leaves, "cpu")
+    torch.testing.assert_close(y.detach(), y0)
+    y.square().sum().backward()
+    assert all(v.grad is not None and torch.isfinite(v.grad).all() for v in leaves.values())

@@ -386,16 +386,21 @@ def _scan_index(mode: str, h: int, w: int, device: torch.device) -> tuple[Tensor
     key = (mode, h, w, device)
     found = _ORDERS.get(key)
     if found is None:
-        pixel = torch.arange(h * w, device=device)
-        row, col = pixel, pixel.view(h, w).t().reshape(-1)
-        orders = {"cross2d": (row, col, row.flip(0), col.flip(0)), "bidi": (row, row, row.flip(0), row.flip(0)),
-                  "unidi": (row, row, row, row)}[mode]
-        read = torch.stack(orders)
-        found = (read, read.argsort(dim=1))
+        with torch.inference_mode(False):  # normal tensors even when first asked for in inference mode
+            found = _make_scan_index(mode, h, w, device)
         if len(_ORDERS) >= 64:
             _ORDERS.clear()
         _ORDERS[key] = found
     return found
+
+
+def _make_scan_index(mode: str, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    pixel = torch.arange(h * w, device=device)
+    row, col = pixel, pixel.view(h, w).t().reshape(-1)
+    orders = {"cross2d": (row, col, row.flip(0), col.flip(0)), "bidi": (row, row, row.flip(0), row.flip(0)),
+              "unidi": (row, row, row, row)}[mode]
+    read = torch.stack(orders)
+    return read, read.argsort(dim=1)
 
 
 def _scan_rows(m: Tensor, mode: str) -> Tensor:
