@@ -21,7 +21,7 @@ from .scan_common import project_steps, scan_flops
 __all__ = [
     "MODE_IDS", "SCAN_MODES", "check_scan_mode", "scan_order", "f32", "pixel_map", "kernel_output",
     "needs_grad", "cast_grad", "traced", "register_scan_autograd", "register_cross_autograd",
-    "projected_cross_function", "project_steps",
+    "project_steps",
     "scan_op_flops", "cross_scan_op_flops",
 ]
 
@@ -178,24 +178,18 @@ def register_scan_autograd(op, backward_op, label: str, forward_impl=None, backw
     return None
 
 
-def register_cross_autograd(op, backward_op, label: str, forward_impl=None, backward_impl=None):
+def register_cross_autograd(op, backward_op, label: str, forward_impl=None, backward_impl=None,
+                            projected: bool = False):
     """Autograd for a fused four-direction op ``op(x, delta, A, B, C, D, delta_bias,
     delta_softplus, mode, ...)`` returning ``(y, states)``; ``backward_op(gy, x, ..., delta_bias,
-    states, delta_softplus, mode)`` returns the seven input gradients in fp32. Returns the eager
+    states, delta_softplus, mode)`` returns the seven input gradients in fp32. With ``projected``
+    the op takes the step sizes' low-rank inputs and their projection, ``op(x, dts,
+    delta_proj_weight, A, ...)``, and the backward returns eight gradients. Returns the eager
     twin as :func:`register_scan_autograd` does."""
-    setup, backward = _cross_rules(backward_op, label)
+    n = CROSS_TENSOR_INPUTS + (1 if projected else 0)
+    setup, backward = _cross_rules(backward_op, label, n)
     op.register_autograd(backward, setup_context=setup)
     if forward_impl is not None:
-        return eager_function(_class_name(label), forward_impl, *_cross_rules(backward_impl, label))
+        return eager_function(_class_name(label), forward_impl, *_cross_rules(backward_impl, label, n))
     return None
 
-
-def projected_cross_function(label: str, forward_impl, backward_impl) -> type:
-    """An ``autograd.Function`` for a fused four-direction scan that projects its step sizes:
-    ``forward_impl(x, dts, delta_proj_weight, A, B, C, D, delta_bias, delta_softplus, mode,
-    save_states)`` returning ``(y, states)``, and ``backward_impl(gy, x, dts, delta_proj_weight,
-    ..., delta_bias, states, delta_softplus, mode)`` returning the eight input gradients in fp32.
-    Eager calls only: traced calls project the step sizes first (:func:`project_steps`) and take
-    the backend's registered op."""
-    return eager_function(_class_name(label), forward_impl,
-                          *_cross_rules(backward_impl, label, n_tensors=CROSS_TENSOR_INPUTS + 1))

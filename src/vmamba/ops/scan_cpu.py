@@ -58,7 +58,7 @@ from ..utils import cpu_flags, cpu_info
 from .backends import register_backend
 from .kernel_common import (
     MODE_IDS, check_scan_mode, cross_scan_op_flops, f32, kernel_output, needs_grad, pixel_map, project_steps,
-    projected_cross_function, register_cross_autograd, register_scan_autograd, scan_op_flops, traced,
+    register_cross_autograd, register_scan_autograd, scan_op_flops, traced,
 )
 
 __all__ = [
@@ -521,44 +521,92 @@ _CrossScanFunction = register_cross_autograd(_cross_op, _cross_bwd_op, "cpu cros
 # from the R values of its pixel, so delta (4 * D floats per pixel against 4 * R) is never
 # written, read back or kept for the backward. The backward kernel recomputes it the same way
 # and writes d delta, which two batched products turn into the gradients of dts and the
-# projection. Eager calls only; traced ones project first and take the registered op.
+# projection. Eager calls let y, dy and the gradients follow the inputs' layouts; the registered
+# ops (for compiled graphs) give contiguous outputs, as their fakes say.
 
 def _proj_weight(weight: Tensor) -> Tensor:
     """(4, D, R) -> contiguous fp32 (4 * D, R), the kernel's layout."""
     return weight.float().reshape(-1, weight.shape[-1]).contiguous()
 
 
-def _cross_proj_forward(x: Tensor, dts: Tensor, weight: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                        D: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool, mode: str,
-                        save_states: bool) -> tuple[Tensor, Tensor]:
-    """Merged y (b, d, H, W) fp32 (channel-last for a channel-last x) and the saved chunk states."""
+def _cross_proj_forward_impl(x: Tensor, dts: Tensor, weight: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                             D: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool, mode: str,
+                             save_states: bool, follow_layouts: bool) -> tuple[Tensor, Tensor]:
+    """Merged y (b, d, H, W) fp32 and the saved chunk states. y is contiguous, or with
+    ``follow_layouts`` channel-last for a channel-last x."""
     y, _, states = _ext_or_raise().forward(
         pixel_map(x), pixel_map(dts.to(x.dtype)), f32(A), _scan_rows(B, mode), _scan_rows(C, mode),
-        f32(D), f32(delta_bias), None, delta_softplus, save_states, 4, MODE_IDS[mode], True, _proj_weight(weight))
+        f32(D), f32(delta_bias), None, delta_softplus, save_states, 4, MODE_IDS[mode], follow_layouts,
+        _proj_weight(weight))
     return y, states
 
 
-def _cross_proj_backward(dy: Tensor, x: Tensor, dts: Tensor, weight: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                         D: Optional[Tensor], delta_bias: Optional[Tensor], states: Tensor, delta_softplus: bool,
-                         mode: str) -> tuple[Tensor, ...]:
-    """Gradients (fp32) of x, dts, the projection, A, B, C, D, delta_bias."""
+def _cross_proj_backward_impl(dy: Tensor, x: Tensor, dts: Tensor, weight: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                              D: Optional[Tensor], delta_bias: Optional[Tensor], states: Tensor,
+                              delta_softplus: bool, mode: str, follow_layouts: bool) -> tuple[Tensor, ...]:
+    """Gradients (fp32) of x, dts, the projection, A, B, C, D, delta_bias. With ``follow_layouts``
+    dy is read in y's layout and the projection's gradient comes in (4, R, D) memory, the layout
+    SS2D stores the weight in; else every gradient is contiguous."""
     b, k, r, h, w = dts.shape
     d = x.shape[1]
     xm, wk = pixel_map(x), _proj_weight(weight)
+    dy_format = _y_format(xm) if follow_layouts else torch.contiguous_format
     dx, ddelta, dAp, dBp, dCp, dDp, dbp, _ = _ext_or_raise().backward(
-        dy.float().contiguous(memory_format=_y_format(xm)), None, xm, pixel_map(dts.to(x.dtype)), f32(A),
+        dy.float().contiguous(memory_format=dy_format), None, xm, pixel_map(dts.to(x.dtype)), f32(A),
         _scan_rows(B, mode), _scan_rows(C, mode), f32(D), f32(delta_bias), None, states,
-        delta_softplus, 4, MODE_IDS[mode], True, wk)
+        delta_softplus, 4, MODE_IDS[mode], follow_layouts, wk)
     dd = ddelta.permute(1, 0, 3, 4, 2).reshape(k, b * h * w, d)  # a view: the kernel writes (4, b, H, W, D)
     rows = dts.permute(1, 0, 3, 4, 2).reshape(k, b * h * w, r).float()
     d_dts = torch.bmm(dd, wk.view(k, d, r)).view(k, b, h, w, r).permute(1, 0, 4, 2, 3)
-    # (4, R, D) memory, transposed: the layout SS2D keeps its projection in (its gradient matches)
     d_weight = torch.bmm(rows.transpose(1, 2), dd).transpose(1, 2)
+    if not follow_layouts:
+        d_dts, d_weight = d_dts.contiguous(), d_weight.contiguous()
     dB, dC = _pixel_grad(dBp, mode, h, w), _pixel_grad(dCp, mode, h, w)
     return dx, d_dts, d_weight, dAp.sum(0), dB, dC, dDp.sum(0), dbp.sum(0)
 
 
-_CrossProjFunction = projected_cross_function("cpu cross scan projected", _cross_proj_forward, _cross_proj_backward)
+def _cross_proj_forward(x: Tensor, dts: Tensor, weight: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                        D: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool, mode: str,
+                        save_states: bool) -> tuple[Tensor, Tensor]:
+    return _cross_proj_forward_impl(x, dts, weight, A, B, C, D, delta_bias, delta_softplus, mode, save_states, False)
+
+
+_cross_proj_op = torch.library.custom_op(CROSS_SCAN_OP + "_projected", _cross_proj_forward, mutates_args=(),
+                                         device_types="cpu")
+
+
+@_cross_proj_op.register_fake
+def _cross_proj_op_fake(x, dts, weight, A, B, C, D, delta_bias, delta_softplus, mode, save_states):
+    return _cross_op_fake(x, dts, A, B, C, D, delta_bias, delta_softplus, mode, save_states)
+
+
+def _cross_proj_backward(dy: Tensor, x: Tensor, dts: Tensor, weight: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                         D: Optional[Tensor], delta_bias: Optional[Tensor], states: Tensor, delta_softplus: bool,
+                         mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _cross_proj_backward_impl(dy, x, dts, weight, A, B, C, D, delta_bias, states, delta_softplus, mode, False)
+
+
+_cross_proj_bwd_op = torch.library.custom_op(CROSS_SCAN_OP + "_projected_backward", _cross_proj_backward,
+                                             mutates_args=(), device_types="cpu")
+
+
+@_cross_proj_bwd_op.register_fake
+def _cross_proj_bwd_fake(dy, x, dts, weight, A, B, C, D, delta_bias, states, delta_softplus, mode):
+    f = torch.float32
+    dx, _, dA, dB, dC, dD, dbias = _cross_bwd_fake(dy, x, dts, A, B, C, D, delta_bias, states, delta_softplus, mode)
+    return dx, dts.new_empty(dts.shape, dtype=f), weight.new_empty(weight.shape, dtype=f), dA, dB, dC, dD, dbias
+
+
+def _cross_proj_forward_eager(x, dts, weight, A, B, C, D, delta_bias, delta_softplus, mode, save_states):
+    return _cross_proj_forward_impl(x, dts, weight, A, B, C, D, delta_bias, delta_softplus, mode, save_states, True)
+
+
+def _cross_proj_backward_eager(dy, x, dts, weight, A, B, C, D, delta_bias, states, delta_softplus, mode):
+    return _cross_proj_backward_impl(dy, x, dts, weight, A, B, C, D, delta_bias, states, delta_softplus, mode, True)
+
+
+_CrossProjFunction = register_cross_autograd(_cross_proj_op, _cross_proj_bwd_op, "cpu cross scan projected",
+                                             _cross_proj_forward_eager, _cross_proj_backward_eager, projected=True)
 
 
 def cross_selective_scan_cpu(x, delta, A, B, C, *, D=None, delta_bias=None, delta_softplus=False,
@@ -568,15 +616,17 @@ def cross_selective_scan_cpu(x, delta, A, B, C, *, D=None, delta_bias=None, delt
     ``delta_proj_weight`` (4, D, R), ``delta`` is (b, 4, R, H, W) and the kernel projects it.
     Called, like the plain op, only inside the backend's contract."""
     check_scan_mode(mode)
+    if delta_proj_weight is not None and delta.shape[2] > MAX_RANK:
+        delta, delta_proj_weight = project_steps(delta, delta_proj_weight), None
     if delta_proj_weight is not None:
         tensors = (x, delta, delta_proj_weight, A, B, C, D, delta_bias)
-        if traced(*tensors) or delta.shape[2] > MAX_RANK:
-            delta = project_steps(delta, delta_proj_weight)
+        save = needs_grad(*tensors)
+        if traced(*tensors):
+            op = _cross_proj_op
         else:
-            save = needs_grad(*tensors)
-            op = _CrossProjFunction.apply if save else _cross_proj_forward
-            y, _ = op(x, delta, delta_proj_weight, A, B, C, D, delta_bias, bool(delta_softplus), mode, save)
-            return y if out_float else y.to(x.dtype)
+            op = _CrossProjFunction.apply if save else _cross_proj_forward_eager
+        y, _ = op(x, delta, delta_proj_weight, A, B, C, D, delta_bias, bool(delta_softplus), mode, save)
+        return y if out_float else y.to(x.dtype)
     save = needs_grad(x, delta, A, B, C, D, delta_bias)
     if traced(x, delta, A, B, C, D, delta_bias):
         op = _cross_op
@@ -589,6 +639,14 @@ def cross_selective_scan_cpu(x, delta, A, B, C, *, D=None, delta_bias=None, delt
 # FLOP formulas, so torch.utils.flop_counter sees the kernels.
 register_flop_formula(torch.ops.vmamba.selective_scan_cpu)(scan_op_flops)
 register_flop_formula(torch.ops.vmamba.cross_selective_scan_cpu)(cross_scan_op_flops)
+
+
+@register_flop_formula(torch.ops.vmamba.cross_selective_scan_cpu_projected)
+def _cross_proj_op_flops(x_shape, dts_shape, w_shape, A_shape, *args, **kwargs) -> int:
+    """The scan's FLOPs plus the step sizes' projection's, 2 * (b*H*W) * 4 * D * R, as the batched
+    product that projects them first counts."""
+    b, k, r, h, w = dts_shape
+    return cross_scan_op_flops(x_shape, None, A_shape) + 2 * b * h * w * k * w_shape[1] * r
 
 
 register_backend(
