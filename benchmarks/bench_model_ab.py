@@ -10,12 +10,14 @@ one training step (forward + backward of a loss on the logits, no optimizer) at 
   channel-first maps), kept below as ``old_ss2d_forward``.
 * ``new``: the current model (channel-last from in_proj to out_proj, convolution weights stored
   channel-last, see ``vmamba.models.layers.channels_last_conv``).
-* ``compiled`` (with ``--compile``): ``vmamba.deploy.compile_model`` of the current model.
+* ``compiled`` (with ``--compile``): ``vmamba.deploy.compile_model`` of the current model;
+* ``frozen`` (with ``--freeze``): ``compile_model(..., freeze=True)``, Inductor's freezing
+  (inference only; its column is its speed relative to ``new``).
 
 Before timing, the logits of every variant and (for ``old`` and ``new``) the gradients of a
 training step are compared; the largest differences are printed. Prints the CPU, then per model
 and case the median ms of each variant and its speed relative to ``old`` (> 1: faster).
-Usage: ``python benchmarks/bench_model_ab.py [--models ...] [--rounds 7] [--compile]``.
+Usage: ``python benchmarks/bench_model_ab.py [--models ...] [--rounds 7] [--compile] [--freeze]``.
 """
 from __future__ import annotations
 
@@ -140,6 +142,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", nargs="+", default=["infer_b1", "infer_b8", "train_b8"],
                     help="infer_bN and/or train_bN")
     ap.add_argument("--compile", action="store_true", help="also time vmamba.deploy.compile_model (inference)")
+    ap.add_argument("--freeze", action="store_true", help="also time compile_model(freeze=True) (inference)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from vmamba.ops.scan_cpu import extension_info, is_available
@@ -148,7 +151,8 @@ def main(argv=None) -> int:
           f"torch {torch.__version__}; {args.threads} threads; fp32, {args.size}x{args.size}")
     print(f"scan kernel: {extension_info() if is_available() else 'unavailable (torch backend)'}")
     print(f"{'model':<22} {'case':<9} {'old ms':>9} {'new ms':>9} {'new/old speed':>13}"
-          + (f" {'compiled ms':>12} {'compiled/new':>12}" if args.compile else ""))
+          + (f" {'compiled ms':>12} {'compiled/new':>12}" if args.compile else "")
+          + (f" {'frozen ms':>12} {'frozen/new':>12}" if args.freeze else ""))
     for name in args.models:
         torch.manual_seed(0)
         new = vmamba.create_model(name)
@@ -164,14 +168,16 @@ def main(argv=None) -> int:
         go = grads_of(old, probe[:1])
         gdiff = max(((gn[k] - go[k]).abs().max() / go[k].abs().max().clamp_min(1e-30)).item() for k in go)
         print(f"# {name}: max |logits new - old| = {diff:.2e}; max relative gradient difference = {gdiff:.2e}")
-        compiled = None
-        if args.compile:
+        compiled = {}
+        for label, wanted, freeze in (("compiled", args.compile, False), ("frozen", args.freeze, True)):
+            if not wanted:
+                continue
             from vmamba.deploy import compile_model
-            compiled = compile_model(new.eval())
+            compiled[label] = compile_model(new.eval(), freeze=freeze)
             t = time.perf_counter()
             with torch.no_grad():
-                cdiff = (compiled(probe) - new(probe)).abs().max().item()
-            print(f"# {name}: compiled in {time.perf_counter() - t:.1f} s; max |logits compiled - eager| = {cdiff:.2e}")
+                cdiff = (compiled[label](probe) - new(probe)).abs().max().item()
+            print(f"# {name}: {label} in {time.perf_counter() - t:.1f} s; max |logits {label} - eager| = {cdiff:.2e}")
         for case in args.cases:
             kind, batch = case.split("_b")
             x = torch.randn(int(batch), 3, args.size, args.size)
@@ -179,12 +185,12 @@ def main(argv=None) -> int:
             for label, model in (("old", old), ("new", new)):
                 model.train(kind == "train")
                 fns[label] = (train_fn if kind == "train" else infer_fn)(model, x)
-            if compiled is not None and kind == "infer":
-                fns["compiled"] = infer_fn(compiled, x)
+            if kind == "infer":
+                fns.update({label: infer_fn(c, x) for label, c in compiled.items()})
             t = interleaved(fns, args.rounds)
             line = f"{name:<22} {case:<9} {t['old'] * 1e3:9.1f} {t['new'] * 1e3:9.1f} {t['old'] / t['new']:13.2f}"
-            if "compiled" in t:
-                line += f" {t['compiled'] * 1e3:12.1f} {t['new'] / t['compiled']:12.2f}"
+            for label in compiled:
+                line += f" {t[label] * 1e3:12.1f} {t['new'] / t[label]:12.2f}"
             print(line, flush=True)
     return 0
 

@@ -66,6 +66,35 @@ def test_compiled_training_step_equals_eager(name, backend):
         torch.testing.assert_close(grads_c[k], grads_e[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FAMILIES)
+def test_frozen_compile_equals_eager_and_refuses_stale_weights(name):
+    """freeze=True: Inductor's freezing (weights as constants, packed products); same logits for
+    every batch size, no gradients, one graph for batches >= 2, and an error once the weights
+    change (never the stale ones); eval mode and the inductor backend required."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = tiny(name, scan_backend=KERNEL_BACKENDS[0] if KERNEL_BACKENDS else "torch").eval()
+    compiled = compile_model(model, freeze=True)
+    for batch in (2, 3, 1):
+        x = torch.randn(batch, 3, 32, 32)
+        y = compiled(x)
+        with torch.no_grad():
+            torch.testing.assert_close(y, model(x), rtol=1e-5, atol=1e-5)
+        assert not y.requires_grad
+    assert counters["stats"]["unique_graphs"] == 2  # batch 1 and one graph for every batch >= 2
+    with torch.no_grad():
+        next(model.parameters()).mul_(0.5)
+    with pytest.raises(RuntimeError, match=r"weights changed after compile_model\(freeze=True\)"):
+        compiled(torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"call model.eval\(\) first"):
+        compile_model(tiny(name).train(), freeze=True)
+    with pytest.raises(ValueError, match="needs the inductor backend"):
+        compile_model(model, freeze=True, backend="aot_eager")
+
+
 # --- torch.export and ONNX --------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", FAMILIES)
