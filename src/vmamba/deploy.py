@@ -101,7 +101,7 @@ def compile_model(model: nn.Module, dynamic_batch: bool = True, fullgraph: bool 
     ``freeze=True`` is for inference deployments: the weights become constants of the graph
     (Inductor's freezing), so its products and convolutions run on pre-packed oneDNN weights with
     fused epilogues. On CPU that is what makes the compiled model faster than eager: on a 2-vCPU
-    Xeon, ``vmamba_tiny_s1l8`` 1.11x eager at batch 1 and 8 frozen, 0.93-0.98x without
+    Xeon, ``vmamba_tiny_s1l8`` 1.08x / 1.09x eager at batch 1 / 8 frozen, 0.92-0.98x without
     (docs/cpu.md). The model must be in eval mode; calls run without gradients and refuse to run
     once the model's weights have changed.
     """
