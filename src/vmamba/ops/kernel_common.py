@@ -16,12 +16,12 @@ import torch
 from torch import Tensor
 
 from .cross_scan import SCAN_MODES, check_scan_mode, scan_order
-from .scan_common import project_steps, scan_flops
+from .scan_common import direction_rows, project_steps, scan_flops
 
 __all__ = [
     "MODE_IDS", "SCAN_MODES", "check_scan_mode", "scan_order", "f32", "pixel_map", "kernel_output",
     "needs_grad", "cast_grad", "traced", "register_scan_autograd", "register_cross_autograd",
-    "project_steps",
+    "project_steps", "direction_rows",
     "scan_op_flops", "cross_scan_op_flops",
 ]
 
@@ -192,4 +192,3 @@ def register_cross_autograd(op, backward_op, label: str, forward_impl=None, back
     if forward_impl is not None:
         return eager_function(_class_name(label), forward_impl, *_cross_rules(backward_impl, label, n))
     return None
-

@@ -53,8 +53,15 @@ def project_steps(dts: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     of (batch*H*W, R) rows by (R, D), so the result is channel-last in memory ((K, batch, H, W, D)).
     """
     b, k, r, h, w = dts.shape
-    rows = dts.permute(1, 0, 3, 4, 2).reshape(k, b * h * w, r)
-    return torch.bmm(rows, weight.transpose(1, 2)).view(k, b, h, w, weight.shape[1]).permute(1, 0, 4, 2, 3)
+    delta = torch.bmm(direction_rows(dts), weight.transpose(1, 2))
+    return delta.view(k, b, h, w, weight.shape[1]).permute(1, 0, 4, 2, 3)
+
+
+def direction_rows(t: torch.Tensor) -> torch.Tensor:
+    """Per-direction maps (batch, K, X, H, W) as K row matrices (K, batch*H*W, X): a view when ``t``
+    is laid out (K, batch, H, W, X) in memory (as :func:`project_steps` returns), else a copy."""
+    b, k, x, h, w = t.shape
+    return t.permute(1, 0, 3, 4, 2).reshape(k, b * h * w, x)
 
 
 def expand_groups(m: torch.Tensor, channels: int) -> torch.Tensor:

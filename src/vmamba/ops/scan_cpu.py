@@ -58,7 +58,7 @@ from ..utils import cpu_flags, cpu_info
 from .backends import register_backend
 from .kernel_common import (
     MODE_IDS, check_scan_mode, cross_scan_op_flops, f32, kernel_output, needs_grad, pixel_map, project_steps,
-    register_cross_autograd, register_scan_autograd, scan_op_flops, traced,
+    direction_rows, register_cross_autograd, register_scan_autograd, scan_op_flops, traced,
 )
 
 __all__ = [
@@ -434,12 +434,14 @@ def _y_format(x: Tensor) -> torch.memory_format:
 
 def _cross_forward_impl(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                         delta_bias: Optional[Tensor], delta_softplus: bool, mode: str,
-                        save_states: bool, follow_layouts: bool) -> tuple[Tensor, Tensor]:
+                        save_states: bool, follow_layouts: bool,
+                        proj: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Merged y (b, d, H, W) fp32 and the saved chunk states. y is contiguous, or with
-    ``follow_layouts`` (eager calls) channel-last for a channel-last ``x``."""
+    ``follow_layouts`` (eager calls) channel-last for a channel-last ``x``. With ``proj`` (the
+    step-size projection as :func:`_proj_weight` lays it out) ``delta`` is the low-rank dts."""
     y, _, states = _ext_or_raise().forward(
         pixel_map(x), pixel_map(delta.to(x.dtype)), f32(A), _scan_rows(B, mode), _scan_rows(C, mode),
-        f32(D), f32(delta_bias), None, delta_softplus, save_states, 4, MODE_IDS[mode], follow_layouts, None)
+        f32(D), f32(delta_bias), None, delta_softplus, save_states, 4, MODE_IDS[mode], follow_layouts, proj)
     return y, states
 
 
@@ -468,17 +470,19 @@ def _cross_op_fake(x, delta, A, B, C, D, delta_bias, delta_softplus, mode, save_
 
 def _cross_backward_impl(dy: Tensor, x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                          D: Optional[Tensor], delta_bias: Optional[Tensor], states: Tensor, delta_softplus: bool,
-                         mode: str, follow_layouts: bool) -> tuple[Tensor, ...]:
+                         mode: str, follow_layouts: bool, proj: Optional[Tensor] = None) -> tuple[Tensor, ...]:
     """Gradients (fp32) of x, delta, A, B, C, D, delta_bias. With ``follow_layouts`` d delta has
     delta's strides when its channels are contiguous and dense, and dy is read in y's layout;
-    else both are contiguous."""
+    else both are contiguous. With ``proj`` (see :func:`_cross_forward_impl`) ``delta`` is the
+    low-rank dts, and the gradient returned in its place is d delta, (b, 4, D, H, W) in
+    (4, b, H, W, D) memory."""
     h, w = x.shape[-2:]
     dd, xm = pixel_map(delta.to(x.dtype)), pixel_map(x)
     dy_format = _y_format(xm) if follow_layouts else torch.contiguous_format
     dx, ddelta, dAp, dBp, dCp, dDp, dbp, _ = _ext_or_raise().backward(
         dy.float().contiguous(memory_format=dy_format), None, xm, dd, f32(A),
         _scan_rows(B, mode), _scan_rows(C, mode), f32(D), f32(delta_bias), None, states,
-        delta_softplus, 4, MODE_IDS[mode], follow_layouts, None)
+        delta_softplus, 4, MODE_IDS[mode], follow_layouts, proj)
     dB, dC = _pixel_grad(dBp, mode, h, w), _pixel_grad(dCp, mode, h, w)
     return dx, ddelta, dAp.sum(0), dB, dC, dDp.sum(0), dbp.sum(0)
 
@@ -532,13 +536,9 @@ def _proj_weight(weight: Tensor) -> Tensor:
 def _cross_proj_forward_impl(x: Tensor, dts: Tensor, weight: Tensor, A: Tensor, B: Tensor, C: Tensor,
                              D: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool, mode: str,
                              save_states: bool, follow_layouts: bool) -> tuple[Tensor, Tensor]:
-    """Merged y (b, d, H, W) fp32 and the saved chunk states. y is contiguous, or with
-    ``follow_layouts`` channel-last for a channel-last x."""
-    y, _, states = _ext_or_raise().forward(
-        pixel_map(x), pixel_map(dts.to(x.dtype)), f32(A), _scan_rows(B, mode), _scan_rows(C, mode),
-        f32(D), f32(delta_bias), None, delta_softplus, save_states, 4, MODE_IDS[mode], follow_layouts,
-        _proj_weight(weight))
-    return y, states
+    """Merged y (b, d, H, W) fp32 and the saved chunk states, as :func:`_cross_forward_impl`."""
+    return _cross_forward_impl(x, dts, A, B, C, D, delta_bias, delta_softplus, mode, save_states, follow_layouts,
+                               _proj_weight(weight))
 
 
 def _cross_proj_backward_impl(dy: Tensor, x: Tensor, dts: Tensor, weight: Tensor, A: Tensor, B: Tensor, C: Tensor,
@@ -547,22 +547,17 @@ def _cross_proj_backward_impl(dy: Tensor, x: Tensor, dts: Tensor, weight: Tensor
     """Gradients (fp32) of x, dts, the projection, A, B, C, D, delta_bias. With ``follow_layouts``
     dy is read in y's layout and the projection's gradient comes in (4, R, D) memory, the layout
     SS2D stores the weight in; else every gradient is contiguous."""
-    b, k, r, h, w = dts.shape
-    d = x.shape[1]
-    xm, wk = pixel_map(x), _proj_weight(weight)
-    dy_format = _y_format(xm) if follow_layouts else torch.contiguous_format
-    dx, ddelta, dAp, dBp, dCp, dDp, dbp, _ = _ext_or_raise().backward(
-        dy.float().contiguous(memory_format=dy_format), None, xm, pixel_map(dts.to(x.dtype)), f32(A),
-        _scan_rows(B, mode), _scan_rows(C, mode), f32(D), f32(delta_bias), None, states,
-        delta_softplus, 4, MODE_IDS[mode], follow_layouts, wk)
-    dd = ddelta.permute(1, 0, 3, 4, 2).reshape(k, b * h * w, d)  # a view: the kernel writes (4, b, H, W, D)
-    rows = dts.permute(1, 0, 3, 4, 2).reshape(k, b * h * w, r).float()
+    b, _, r, h, w = dts.shape
+    k, d = weight.shape[:2]
+    wk = _proj_weight(weight)
+    dx, ddelta, dA, dB, dC, dD, dbias = _cross_backward_impl(
+        dy, x, dts, A, B, C, D, delta_bias, states, delta_softplus, mode, follow_layouts, wk)
+    dd = direction_rows(ddelta)  # a view: the kernel writes d delta as (4, b, H, W, D)
     d_dts = torch.bmm(dd, wk.view(k, d, r)).view(k, b, h, w, r).permute(1, 0, 4, 2, 3)
-    d_weight = torch.bmm(rows.transpose(1, 2), dd).transpose(1, 2)
+    d_weight = torch.bmm(direction_rows(dts).float().transpose(1, 2), dd).transpose(1, 2)
     if not follow_layouts:
         d_dts, d_weight = d_dts.contiguous(), d_weight.contiguous()
-    dB, dC = _pixel_grad(dBp, mode, h, w), _pixel_grad(dCp, mode, h, w)
-    return dx, d_dts, d_weight, dAp.sum(0), dB, dC, dDp.sum(0), dbp.sum(0)
+    return dx, d_dts, d_weight, dA, dB, dC, dD, dbias
 
 
 def _cross_proj_forward(x: Tensor, dts: Tensor, weight: Tensor, A: Tensor, B: Tensor, C: Tensor,
