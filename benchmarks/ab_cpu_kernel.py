@@ -80,6 +80,14 @@ def build(tag: str, source: str, isa: str):
     return getattr(torch.ops, namespace)
 
 
+def trailing_args(op, name: str) -> tuple:
+    """Defaults for the arguments a kernel version added after ``mode`` (follow_layouts, the step-size
+    weight), so builds of older and newer revisions are called alike: plain layouts, no projection."""
+    schema = getattr(op, name).default._schema
+    base = 12 if name == "forward" else 14  # arguments up to and including mode
+    return (False, None)[: len(schema.arguments) - base]
+
+
 def plain_inputs(name: str, seed: int = 0):
     """Kernel arguments (after u .. z) and the output gradient of a plain-scan shape."""
     D, L, N, batch, gate = PLAIN[name]
@@ -176,10 +184,10 @@ def main():
             mm.append(time.perf_counter() - t)
             for tag, op in builds.items():
                 t = time.perf_counter()
-                y, _, states = op.forward(*ins, True, True, K, mode)
+                y, _, states = op.forward(*ins, True, True, K, mode, *trailing_args(op, "forward"))
                 t_fwd = time.perf_counter() - t
                 t = time.perf_counter()
-                out = op.backward(gy, None, *ins, states, True, K, mode)
+                out = op.backward(gy, None, *ins, states, True, K, mode, *trailing_args(op, "backward"))
                 t_bwd = time.perf_counter() - t
                 times[tag][0].append(t_fwd)
                 times[tag][1].append(t_bwd)
