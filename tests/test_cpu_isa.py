@@ -107,8 +107,9 @@ def test_the_build_carries_pythons_state_limit():
     assert info["isa"] == scan_cpu.selected_isa()
 
 
-# Run in a fresh process with VMAMBA_CPU_ISA set: the plain scan (with z) and the fused cross-scan
-# against the float64 reference, forward and gradients; prints the build's facts and the errors.
+# Run in a fresh process with VMAMBA_CPU_ISA set: the plain scan (with z), the fused cross-scan and
+# a plain scan at the edges of softplus and the decay exp against the float64 reference, forward and
+# gradients; prints the build's facts and the errors.
 FORCED = textwrap.dedent("""
     import json, sys, torch
     sys.path.insert(0, sys.argv[1])
@@ -144,8 +145,32 @@ FORCED = textwrap.dedent("""
             y = fn(backend)(*args)
             outs.append([y] + list(torch.autograd.grad((y.double() * weight).sum(), args)))
         errors.append(max(err(a, b_) for a, b_ in zip(*outs)))
+
+    # softplus and the decay exp at the edges: raw step sizes from -120 to 120 (softplus's
+    # exp(-|x|) under- and overflowing), channels whose |dt * A| stays under 126 in some chunks
+    # and exceeds it in others (the AVX2 build's fast and clamped decay paths), and NaN steps.
+    L2 = 256
+    edge_delta = torch.linspace(-120, 120, L2).repeat(1, d, 1) * (torch.rand(1, d, 1, generator=g) + 0.5)
+    edge_delta[..., ::7] = r(1, d, L2)[..., ::7]
+    edge_A = -torch.rand(d, n, generator=g) - 0.1
+    edge_A[::3] *= 60.0
+    edge = [r(1, d, L2), edge_delta, edge_A, r(1, 2, n, L2), r(1, 2, n, L2), r(d), r(d) * 0.3, r(1, d, L2)]
+    we = r(1, d, L2).double()
+    outs = []
+    for backend, dtype in (("cpu", torch.float32), ("reference", torch.float64)):
+        args = [t.to(dtype).requires_grad_() for t in edge]
+        y = scan(backend)(*args)
+        outs.append([y] + list(torch.autograd.grad((y.double() * we).sum(), args)))
+    errors.append(max(err(a, b_) for a, b_ in zip(*outs)))
+    with_nan = [t.clone() for t in edge]
+    with_nan[1][..., 5::31] = float("nan")
+    y_nan = [scan(backend)(*[t.to(dtype) for t in with_nan])
+             for backend, dtype in (("cpu", torch.float32), ("reference", torch.float64))]
+    nan_match = torch.equal(y_nan[0].isnan(), y_nan[1].isnan())
+    keep = ~y_nan[1].isnan()
+    errors.append(err(y_nan[0][keep], y_nan[1][keep]))
     info = scan_cpu.extension_info()
-    print(json.dumps(dict(isa=info["isa"], lanes=info["lanes"], errors=errors)))
+    print(json.dumps(dict(isa=info["isa"], lanes=info["lanes"], errors=errors, nan_match=nan_match)))
 """)
 
 
@@ -162,6 +187,7 @@ def test_forced_isa_builds_match_the_reference(isa):
     if platform.machine().lower() in ("x86_64", "amd64"):
         assert facts["lanes"] == {"avx512": 16, "avx2": 8, "generic": 4}[isa]
     assert max(facts["errors"]) <= 2e-5, facts
+    assert facts["nan_match"], facts
 
 
 @pytest.mark.skipif(not scan_cpu.is_available(), reason="no C++ toolchain for the CPU kernel")
