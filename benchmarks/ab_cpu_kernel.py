@@ -24,6 +24,12 @@ c1 / c1l8 at 224 px (vanilla: D = 192, N = 16; s1l8: D = 96, N = 1), c1k / c1kl8
 (H = W = 256, L = 65536); c1k250 at H = W = 250, a row length that is not a power of two.
 Single thread unless --threads. The kernel ops are called directly (no
 autograd).
+
+With ``--models`` (e.g. ``--models vmamba_tiny_s1l8,vanilla_vmamba_tiny``) it times the whole model
+instead, each build in turn installed as the library's CPU kernel: inference at each ``--batches``
+size and a training step (forward and backward of the logits' sum, no optimizer) at the largest,
+224 px, fp32; per build the median ms and the speed against the first build (> 1: faster), after
+checking that the builds' logits agree.
 """
 from __future__ import annotations
 
@@ -148,6 +154,9 @@ def main():
     ap.add_argument("--shapes", default="s1,v2,c1,c1l8")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--models", default=None,
+                    help="comma-separated model names: time whole models instead of the kernel shapes")
+    ap.add_argument("--batches", default="1,8", help="with --models: inference batch sizes (training: the largest)")
     args = ap.parse_args()
     supported = supported_isas()
     isas = args.isas.split(",") if args.isas else supported
@@ -170,6 +179,8 @@ def main():
           f"ATen: {torch.backends.cpu.get_cpu_capability()}; torch {torch.__version__}")
     print(f"old = {args.old}, new = {args.new or 'working tree'}; {args.rounds} interleaved rounds, "
           f"{args.threads} thread(s); median ms per call; ratios to {next(iter(builds))}")
+    if args.models:
+        return time_models(builds, args.models.split(","), [int(b) for b in args.batches.split(",")], args.rounds)
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     print("| shape | build | fwd ms | bwd ms | fwd ratio | bwd ratio | fwd GFLOP/s | x matmul | max grad diff |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -205,6 +216,60 @@ def main():
                   f"{gf:.1f} | {gf / mm_gflops:.3f} | {diff:.1e} |", flush=True)
         print(f"| {name} | fp32 matmul 1024^3 | {statistics.median(mm) * 1e3:.2f} | | | | {mm_gflops:.1f} | 1 | |",
               flush=True)
+
+
+def time_models(builds: dict, names: list, batches: list, rounds: int) -> int:
+    """Whole-model A/B: each build installed in turn as the library's CPU kernel, interleaved rounds."""
+    import vmamba
+    from vmamba.ops import scan_cpu
+
+    scan_cpu.load_extension()
+    installed = scan_cpu._ext
+    print("| model | case | build | ms | speed vs first |")
+    print("|---|---|---|---|---|")
+    try:
+        for name in names:
+            model = vmamba.create_model(name).eval()
+            x = {bs: torch.randn(bs, 3, 224, 224, generator=torch.Generator().manual_seed(bs)) for bs in batches}
+            with torch.no_grad():
+                logits = {}
+                for tag, op in builds.items():
+                    scan_cpu._ext = op
+                    logits[tag] = model(x[batches[0]])
+                first = next(iter(logits.values()))
+                diff = max((v - first).abs().max().item() for v in logits.values())
+                print(f"| {name} | max logit difference between builds: {diff:.1e} | | | |")
+
+            def infer(bs):
+                with torch.no_grad():
+                    model(x[bs])
+
+            def train(bs):
+                model.train()
+                model(x[bs]).sum().backward()
+                model.zero_grad(set_to_none=True)
+                model.eval()
+
+            cases = [(f"infer b{bs}", infer, bs) for bs in batches] + [(f"train b{max(batches)}", train, max(batches))]
+            for case, fn, bs in cases:
+                times = {tag: [] for tag in builds}
+                for tag, op in builds.items():  # warm-up
+                    scan_cpu._ext = op
+                    fn(bs)
+                for r in range(rounds):
+                    order = list(builds.items()) if r % 2 == 0 else list(builds.items())[::-1]
+                    for tag, op in order:
+                        scan_cpu._ext = op
+                        t = time.perf_counter()
+                        fn(bs)
+                        times[tag].append(time.perf_counter() - t)
+                base = statistics.median(next(iter(times.values())))
+                for tag, ts in times.items():
+                    m = statistics.median(ts)
+                    print(f"| {name} | {case} | {tag} | {m * 1e3:.1f} | {base / m:.3f} |", flush=True)
+    finally:
+        scan_cpu._ext = installed
+    return 0
 
 
 if __name__ == "__main__":
