@@ -335,3 +335,17 @@ def test_inference_blocks_match_aten_and_hooks_see_the_mixers_own_output(engine)
     torch.testing.assert_close(hooked, logits, rtol=1e-5, atol=1e-5)
     with linear_backend("aten"), torch.no_grad():  # no fusion: the products and passes composed
         torch.testing.assert_close(model(x), logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,target", [((3, 4), (2, 3, 4)), ((1, 4), (3, 4)), ((4,), (3, 4)), ((3, 1), (3, 4)),
+                                          ((2, 3, 4), (3, 4)), ((5,), (3, 4)), ((), (3, 4)), ((3, 4), (3, 4)),
+                                          ((0, 4), (0, 4)), ((2, 4), (0, 4)), ((0, 4), (2, 4))])
+def test_residual_broadcast_check_agrees_with_torch(shape, target):
+    # the in-place residual add at inference is taken only where the residual broadcasts to the
+    # product's shape without enlarging it, as torch.broadcast_shapes would decide
+    from vmamba.ops.dense import _broadcasts_to
+    try:
+        expected = torch.broadcast_shapes(shape, target) == torch.Size(target)
+    except RuntimeError:
+        expected = False
+    assert _broadcasts_to(torch.Size(shape), torch.Size(target)) == expected
