@@ -495,7 +495,8 @@ def test_registered_ops_give_contiguous_outputs_as_their_fakes_say(layout):
                          ids=lambda s: "x".join(map(str, s)))
 def test_channel_last_map_gives_channel_last_y_with_the_same_values(mode, size):
     # SS2D's map is channel-last; y then comes out channel-last (out_norm reads it without a
-    # copy) and the backward reads dy in that layout; values and gradients as the contiguous run's
+    # copy), the backward reads dy in that layout and gives dx in it (the activation's backward
+    # before the scan meets its saved input's layout); values and gradients as the contiguous run's
     b, d, h, w, n = size
     ins = cross_inputs(b, d, h, w, n, seed=d + h)
     names = list(ins)
@@ -511,6 +512,8 @@ def test_channel_last_map_gives_channel_last_y_with_the_same_values(mode, size):
         runs[layout] = (y, torch.autograd.grad(y, [c_in[k] for k in names], gy))
     y_cl = runs["channel-last"][0]
     assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    assert runs["channel-last"][1][0].is_contiguous(memory_format=torch.channels_last)  # dx
+    assert runs["contiguous"][1][0].is_contiguous()
     torch.testing.assert_close(y_cl, runs["contiguous"][0], rtol=0, atol=0)
     for k, a, r in zip(names, runs["channel-last"][1], runs["contiguous"][1]):
         torch.testing.assert_close(a, r, rtol=1e-6, atol=1e-6, msg=k)

@@ -305,7 +305,7 @@ struct Problem {
   int dtype;  // of u, delta, z: 0 fp32, 1 bf16, 2 fp16
   int64_t su[3], sd[4], sz[3];  // element strides: u, z (batch, channel, pixel); delta (batch, direction, channel, pixel)
   bool softplus, has_D, has_bias, has_z, save, cross;
-  bool y_cl;           // cross: y and dout channel-last, (batch, L, Dch) memory, as a channel-last x
+  bool y_cl;           // cross: y, dout and du channel-last, (batch, L, Dch) memory, as a channel-last x
   const void* u;       // plain: (batch, Dch, L); cross: x (batch, Dch, H, W)
   const void* delta;   // (batch, K * Dch, L), pixel layout for cross; null when projected (dts)
   // cross only, the step sizes projected in the kernel (delta of direction k, channel c at pixel p
@@ -327,7 +327,7 @@ struct Problem {
   // backward
   const float* dout;   // like y
   const float* dlast;  // (batch, K * Dch, N) or null
-  float* du;           // like u (fp32); for cross written by direction 0, added to by the others
+  float* du;           // like u (fp32; channel-last when y_cl); for cross written by direction 0, added to by the others
   float* ddelta;       // like delta (fp32): (batch, K * Dch, L), or delta's strides sd when dd_cl
   bool dd_cl;          // ddelta has delta's channel-last strides (channel stride 1)
   float* dz;           // like z (fp32)
@@ -1093,7 +1093,12 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
           dc[i] = dd_t[j];
         }
       } else {
-        store_tile(P.du + u_b + c0 * L, L, pidx, du_t, tc, nl, P.cross && k != 0);  // as y in the forward
+        if (P.y_cl) {  // du channel-last, as y: direction 0 writes, the others add
+          float* dub = P.du + u_b + c0;
+          for (int j = 0; j < tc; ++j) store_lanes(dub + pidx[j] * P.Dch, du_t[j], nl, k != 0);
+        } else {
+          store_tile(P.du + u_b + c0 * L, L, pidx, du_t, tc, nl, P.cross && k != 0);  // as y in the forward
+        }
         if (P.dd_cl) {  // one vector store per step, in delta's own layout
           float* ddk = P.ddelta + b * P.sd[0] + k * P.sd[1] + c0;
           for (int j = 0; j < tc; ++j) store_lanes(ddk + pidx[j] * P.sd[3], dd_t[j], nl);
@@ -1114,7 +1119,10 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
       P.dbiasp[c] = lanes(db_acc)[w];
     }
   }
-  if (duc) columns_to_map(P.du + u_b + c0 * L, L, duc, P.H, P.Wd, nl, true);
+  if (duc && P.y_cl)
+    columns_to_channel_last(P.du + u_b + c0, P.Dch, duc, P.H, P.Wd, nl, true);
+  else if (duc)
+    columns_to_map(P.du + u_b + c0 * L, L, duc, P.H, P.Wd, nl, true);
 }
 
 // What every kernel thread sets up around its work. Subnormal floats (below 1.2e-38) cost a
@@ -1307,7 +1315,10 @@ std::vector<at::Tensor> backward(const at::Tensor& dout, const c10::optional<at:
               "vmamba cpu scan: dout must be a float32 tensor shaped like u, in y's layout (channel-last for a "
               "channel-last x)");
   auto f32 = u.options().dtype(at::kFloat);
-  at::Tensor du = at::empty(u.sizes(), f32);  // written by direction 0 first, as y in the forward
+  // written by direction 0 first, as y in the forward, and in y's layout: channel-last for a
+  // channel-last x, so the gradient meets x's producer (SS2D's activation and depthwise conv) in
+  // the layout of its saved input (a mixed-layout silu backward ran 6x slower)
+  at::Tensor du = P.y_cl ? at::empty(u.sizes(), f32, at::MemoryFormat::ChannelsLast) : at::empty(u.sizes(), f32);
   // d delta of the fused cross scan in delta's own channel-last layout when delta has one (SS2D's
   // step sizes come out of their projection so): the autograd graph then takes it back to the
   // projection's output without a transposing copy.
