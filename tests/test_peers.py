@@ -157,6 +157,7 @@ def test_missing_timm_and_preload(tmp_path, monkeypatch):
     (["--batch", "0"], "--batch 0: batch sizes must be at least 1"),
     (["--threads", "0"], "--threads 0: thread counts must be at least 1"),
     (["--rounds", "0"], "--rounds 0: at least 1 round"),
+    (["--memory-probes", "0"], "--memory-probes 0: at least 1 probe"),
     (["--warmup", "-1"], "--warmup -1: must be 0 or more"),
     (["--max-pixels", "-5"], "--max-pixels -5: must be 0 (no limit) or more"),
     (["--preload", "/nonexistent/fix.py"], "--preload /nonexistent/fix.py: no such file"),
@@ -271,3 +272,52 @@ def test_keep_memory_is_applied_and_reported():
                            "--no-memory", "--keep-memory"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "memory allocator: mallopt=glibc" in proc.stdout and "M_MMAP_MAX=0" in proc.stdout
+
+
+def test_memory_cells_are_the_median_of_probes_taken_in_turns(monkeypatch, capsys, fake_models):
+    # one process's peak varies by tens of MB; each cell is the median of its probes, and the
+    # models of a configuration are probed in turns (a drift of the machine hits them alike)
+    calls, peaks = [], {"vmamba_tiny_s1l8": [300.0, 240.0, 250.0], "swin_tiny": [200.0, 260.0, 250.0]}
+
+    def probe(model, size, batch, mode, preload=None, peer_linear="timm"):
+        calls.append(model)
+        return {"peak_mb": peaks[model][sum(c == model for c in calls) - 1], "params_mb": 1.0}
+
+    monkeypatch.setattr(peers, "peak_memory", probe)
+    run = peers.run_peers(zoo=["vmamba_tiny_s1l8"], peers=["swin_tiny"], sizes=[32], modes=["infer"], rounds=1,
+                          warmup=0, memory_probes=3)
+    assert calls == ["vmamba_tiny_s1l8", "swin_tiny"] * 3
+    mem = {r.model: r.peak_mb for r in run.results}
+    assert mem == {"vmamba_tiny_s1l8": 250.0, "swin_tiny": 250.0}
+    assert run.settings["memory_probes"] == 3
+    assert "median of 3 such processes" in peers.format_report(run)
+    with pytest.raises(ValueError, match="memory_probes must be at least 1"):
+        peers.run_peers(zoo=["vmamba_tiny_s1l8"], peers=[], memory_probes=0)
+
+
+def test_a_failing_memory_probe_is_reported_once_and_not_retried(monkeypatch, fake_models):
+    calls = []
+
+    def probe(model, size, batch, mode, preload=None, peer_linear="timm"):
+        calls.append(model)
+        return {"error": "memory probe failed (exit 1): boom"} if model == "swin_tiny" else \
+            {"peak_mb": 10.0, "params_mb": 1.0}
+
+    monkeypatch.setattr(peers, "peak_memory", probe)
+    run = peers.run_peers(zoo=["vmamba_tiny_s1l8"], peers=["swin_tiny"], sizes=[32], modes=["infer"], rounds=1,
+                          warmup=0, memory_probes=3)
+    assert calls.count("swin_tiny") == 1 and calls.count("vmamba_tiny_s1l8") == 3
+    assert sum("boom" in n for n in run.notes) == 1
+    assert {r.model: r.peak_mb for r in run.results} == {"vmamba_tiny_s1l8": 10.0, "swin_tiny": None}
+
+
+def test_memory_probes_default_and_quick(fake_models):
+    import argparse
+
+    from vmamba.cli import peers as cli_peers
+
+    parser = argparse.ArgumentParser()
+    cli_peers.add_parser(parser.add_subparsers())
+    assert cli_peers.resolve(parser.parse_args(["peers"]))["memory_probes"] == 3
+    assert cli_peers.resolve(parser.parse_args(["peers", "--quick"]))["memory_probes"] == 1
+    assert cli_peers.resolve(parser.parse_args(["peers", "--quick", "--memory-probes", "5"]))["memory_probes"] == 5

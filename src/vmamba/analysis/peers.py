@@ -12,7 +12,10 @@ Peak memory is measured in a fresh process per (model, size, batch, step kind), 
 the peak resident set (Linux ``VmHWM``) during building the model, one warm-up step and one step,
 above the process's resident set just before the model is built. It therefore counts the
 parameters, gradients and optimizer state (training), activations, and the workspace of the
-kernels and of the allocator, as the operating system sees it.
+kernels and of the allocator, as the operating system sees it. That peak varies between identical
+fresh processes (by up to 30 MB at 512 px on a 2-vCPU Xeon, as the allocator and the kernel's
+page accounting happen to go), so each cell is the median of ``memory_probes`` processes, the
+probes of a configuration's models taken in turns.
 
 Peers come from timm (``pretrained=False``; DeiT and Swin are built for the input size, as they
 need). timm may be installed but fail to import (e.g. a torchvision build that does not match
@@ -466,7 +469,8 @@ def plan(sizes, batches, threads, modes, max_pixels: int = 0) -> tuple[list[tupl
 def run_peers(zoo=DEFAULT_ZOO, peers=tuple(PEERS), sizes=(224,), batches=(1,), threads=(1,), modes=MODES,
               rounds: int = 5, warmup: int = 1, memory: bool = True, max_pixels: int = 0,
               preload: str | None = None, peer_linear: str = "timm", log: Callable[[str], None] | None = None,
-              on_progress: Callable[[PeerRun], None] | None = None, keep_memory: bool = False) -> PeerRun:
+              on_progress: Callable[[PeerRun], None] | None = None, keep_memory: bool = False,
+              memory_probes: int = 3) -> PeerRun:
     """Measure every zoo model and peer in every configuration; see the module docstring.
 
     ``on_progress`` is called with the run so far after each configuration (e.g. to save it).
@@ -475,6 +479,8 @@ def run_peers(zoo=DEFAULT_ZOO, peers=tuple(PEERS), sizes=(224,), batches=(1,), t
     """
     log = log or (lambda text: None)
     _check_peer_linear(peer_linear)
+    if memory and memory_probes < 1:
+        raise ValueError(f"memory_probes must be at least 1, not {memory_probes}")
     notes = []
     timm, why = (None, None)
     if peers:
@@ -495,7 +501,8 @@ def run_peers(zoo=DEFAULT_ZOO, peers=tuple(PEERS), sizes=(224,), batches=(1,), t
                      f"--max-pixels {max_pixels}: " + ", ".join(f"{s}px b{b} t{t} {m}" for s, b, t, m in skipped))
     settings = dict(zoo=list(zoo), peers=list(peers), sizes=list(sizes), batches=list(batches), threads=list(threads),
                     modes=list(modes), rounds=rounds, warmup=warmup, memory=memory, max_pixels=max_pixels,
-                    preload=str(preload) if preload else None, peer_linear=peer_linear, keep_memory=keep_memory)
+                    preload=str(preload) if preload else None, peer_linear=peer_linear, keep_memory=keep_memory,
+                    memory_probes=memory_probes if memory else 0)
     result = PeerRun(machine, settings, notes=notes)
     old_threads = torch.get_num_threads()
     try:
@@ -531,28 +538,36 @@ def run_peers(zoo=DEFAULT_ZOO, peers=tuple(PEERS), sizes=(224,), batches=(1,), t
     finally:
         torch.set_num_threads(old_threads)
     if memory:
-        _add_memory(result, preload, log)
+        _add_memory(result, preload, log, memory_probes)
     return result
 
 
-def _add_memory(run: PeerRun, preload: str | None, log: Callable[[str], None]) -> None:
-    """Fill ``peak_mb`` of every successful row (one probe per model, size, batch and mode)."""
-    probes: dict[tuple, dict] = {}
+def _add_memory(run: PeerRun, preload: str | None, log: Callable[[str], None], probes: int = 1) -> None:
+    """Fill ``peak_mb`` of every successful row: per (model, size, batch, mode) the median of
+    ``probes`` fresh processes, the models of a configuration probed in turns."""
+    keys = list(dict.fromkeys((r.model, r.size, r.batch, r.mode) for r in run.results if r.ok))
+    found: dict[tuple, list[dict]] = {key: [] for key in keys}
+    for i in range(probes):
+        for key in keys:
+            model, size, batch, mode = key
+            if found[key] and "error" in found[key][-1]:
+                continue  # a probe that failed fails again: report it once
+            log(f"peak memory: {model} {size}x{size} batch {batch} {mode}"
+                + (f" (probe {i + 1} of {probes})" if probes > 1 else ""))
+            found[key].append(peak_memory(model, size, batch, mode, preload,
+                                          peer_linear=run.settings.get("peer_linear", "timm")))
     for row in run.results:
         if not row.ok:
             continue
-        key = (row.model, row.size, row.batch, row.mode)
-        if key not in probes:
-            log(f"peak memory: {row.model} {row.size}x{row.size} batch {row.batch} {row.mode}")
-            probes[key] = peak_memory(row.model, row.size, row.batch, row.mode, preload,
-                                    peer_linear=run.settings.get("peer_linear", "timm"))
-        probe = probes[key]
-        if "error" in probe:
-            note = f"peak memory of {row.model} at {row.size}px b{row.batch} {row.mode}: {probe['error']}"
+        done = found[(row.model, row.size, row.batch, row.mode)]
+        failed = [p for p in done if "error" in p]
+        if failed:
+            note = f"peak memory of {row.model} at {row.size}px b{row.batch} {row.mode}: {failed[0]['error']}"
             if note not in run.notes:
                 run.notes.append(note)
         else:
-            row.peak_mb, row.params_mb = probe["peak_mb"], probe["params_mb"]
+            row.peak_mb = float(np.median([p["peak_mb"] for p in done]))
+            row.params_mb = done[0]["params_mb"]
 
 
 # ---------------------------------------------------------------- ratios and reports
@@ -636,8 +651,10 @@ def format_report(run: PeerRun) -> str:
         lines += [f"  {key:<40} k = {k:.2f}" for key, k in sorted(fits.items())]
         lines.append("")
     if run.settings.get("memory"):
+        n = run.settings.get("memory_probes") or 1
         lines.append("peak MB: peak resident memory of a fresh one-thread process while it builds the model "
-                     "and runs a warm-up step and a step, above its resident memory before the build.")
+                     "and runs a warm-up step and a step, above its resident memory before the build"
+                     + (f"; median of {n} such processes." if n > 1 else " (one process)."))
     lines += [f"note: {n}" for n in run.notes]
     return "\n".join(lines).rstrip() + "\n"
 

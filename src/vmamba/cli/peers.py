@@ -7,8 +7,8 @@ from ..utils import available_cpus
 from . import UsageError
 from .validate import add_preload, check_preload
 
-QUICK = dict(sizes=[224], batch=[1], rounds=3)
-DEFAULTS = dict(sizes=[224, 512, 1024], batch=[1, 8], threads=[1, 2], rounds=5)
+QUICK = dict(sizes=[224], batch=[1], rounds=3, memory_probes=1)
+DEFAULTS = dict(sizes=[224, 512, 1024], batch=[1, 8], threads=[1, 2], rounds=5, memory_probes=3)
 
 
 def add_parser(sub) -> None:
@@ -41,9 +41,13 @@ def add_parser(sub) -> None:
                    help="skip configurations whose batch x height x width exceeds N (default 1048576: batch 8 "
                         "runs at 224 only); 0: no limit")
     p.add_argument("--no-memory", dest="memory", action="store_false",
-                   help="skip the peak-memory probes (one fresh process per model, size, batch and step kind)")
+                   help="skip the peak-memory probes (fresh processes per model, size, batch and step kind)")
+    p.add_argument("--memory-probes", type=int, metavar="N",
+                   help=f"fresh processes per peak-memory cell, reported as their median (default "
+                        f"{DEFAULTS['memory_probes']}; {QUICK['memory_probes']} with --quick): one process's peak "
+                        "varies by tens of MB")
     p.add_argument("--quick", action="store_true",
-                   help="224 px, batch 1, 3 rounds (flags given explicitly still apply)")
+                   help="224 px, batch 1, 3 rounds, one memory probe (flags given explicitly still apply)")
     p.add_argument("--peer-linear", choices=["timm", "vmamba"], default="timm",
                    help="the peers' nn.Linear layers as timm builds them (default: ATen's matrix product) or on "
                         "vmamba's dense-layer engine (oneDNN on AMD CPUs), to compare the architectures on the "
@@ -67,6 +71,7 @@ def resolve(args) -> dict:
         batches=args.batch or base["batch"],
         threads=args.threads or sorted({min(t, cpus) for t in base["threads"]}),
         rounds=args.rounds if args.rounds is not None else base["rounds"],
+        memory_probes=args.memory_probes if args.memory_probes is not None else base["memory_probes"],
     )
     if min(settings["sizes"]) < 32:
         raise UsageError(f"--sizes {min(settings['sizes'])}: sizes must be at least 32 pixels")
@@ -76,6 +81,8 @@ def resolve(args) -> dict:
         raise UsageError(f"--threads {min(settings['threads'])}: thread counts must be at least 1")
     if settings["rounds"] < 1:
         raise UsageError(f"--rounds {settings['rounds']}: at least 1 round")
+    if settings["memory_probes"] < 1:
+        raise UsageError(f"--memory-probes {settings['memory_probes']}: at least 1 probe")
     if args.warmup < 0:
         raise UsageError(f"--warmup {args.warmup}: must be 0 or more")
     if args.max_pixels < 0:
@@ -115,7 +122,7 @@ def run(args) -> int:
                      threads=settings["threads"], modes=args.modes, rounds=settings["rounds"], warmup=args.warmup,
                      memory=args.memory, max_pixels=args.max_pixels, preload=args.preload,
                      peer_linear=args.peer_linear, log=lambda text: print(text, file=sys.stderr, flush=True),
-                     on_progress=save, keep_memory=args.keep_memory)
+                     on_progress=save, keep_memory=args.keep_memory, memory_probes=settings["memory_probes"])
     print(format_report(run_), end="")
     save(run_)
     for path in (args.json, args.csv):
