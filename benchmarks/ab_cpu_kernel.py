@@ -20,7 +20,8 @@ Shapes (batch 1 unless named b8): s1..s4 are the plain-scan stage shapes of vani
 224 px (N = 16), v2 the stage-1 shape of vmamba_tiny_s1l8 (N = 1), s2z stage 2 with the z gate,
 v2b8 the v2 shape at batch 8, s2sub stage 2 with decays exp(dt * A) in the subnormal range.
 The c* shapes run the fused cross-scan (four directions, two of them column-major) at stage 1:
-c1 / c1l8 at 224 px (vanilla: D = 192, N = 16; s1l8: D = 96, N = 1), c1k / c1kl8 at 1024 px
+c1 / c1l8 at 224 px (vanilla: D = 192, N = 16; s1l8: D = 96, N = 1), c2 / c2l8 the same at
+stage 2 (D = 384 / 192, 28 x 28), c1k / c1kl8 at 1024 px
 (H = W = 256, L = 65536); c1k250 at H = W = 250, a row length that is not a power of two.
 Single thread unless --threads. The kernel ops are called directly (no
 autograd).
@@ -52,7 +53,7 @@ PLAIN = {  # name: (D, L, N, batch, z gate)
     "v2b8": (384, 3136, 1, 8, False), "s2sub": (1536, 784, 16, 1, False),
 }
 CROSS = {  # name: (D, H, W, N, batch)
-    "c1": (192, 56, 56, 16, 1), "c1l8": (96, 56, 56, 1, 1),
+    "c1": (192, 56, 56, 16, 1), "c1l8": (96, 56, 56, 1, 1), "c2": (384, 28, 28, 16, 1), "c2l8": (192, 28, 28, 1, 1),
     "c1k": (192, 256, 256, 16, 1), "c1kl8": (96, 256, 256, 1, 1), "c1k250": (192, 250, 250, 16, 1),
 }
 

@@ -52,7 +52,8 @@ constexpr int W = 4;
 #endif
 constexpr int T = 32;      // time steps per chunk (= interval of the saved states)
 constexpr int MAXN = VMAMBA_MAXN;  // largest state size (of the generic, non-specialised path)
-constexpr int SB = 4;      // channel blocks per work item (fixed: results do not depend on threads)
+constexpr int SB = 4;      // channel blocks per backward super-block, unless the problem has few (see sb)
+constexpr int64_t FEW_ITEMS = 4;  // fewer super-blocks of SB than this (batch * G * ceil(blocks / SB)): sb = 1
 
 typedef float vf __attribute__((vector_size(W * 4)));
 typedef int32_t vi __attribute__((vector_size(W * 4)));
@@ -301,6 +302,7 @@ static inline int64_t pixel(int mode, int k, int64_t t, int64_t L, int64_t H, in
 
 struct Problem {
   int64_t batch, K, Dch, G, L, N, H, Wd, nblk, nsb, nchunks;
+  int64_t sb;          // blocks per backward super-block (its dB/dC partial rows are summed in block order)
   int mode;
   int dtype;  // of u, delta, z: 0 fp32, 1 bf16, 2 fp16
   int64_t su[3], sd[4], sz[3];  // element strides: u, z (batch, channel, pixel); delta (batch, direction, channel, pixel)
@@ -966,10 +968,10 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
     const float* Ck = P.Ct + ((b * P.K + k) * P.G + g) * L * N;
     const int64_t d_b = (b * P.K * P.Dch + sc0) * L;
     const float* st = P.states + (((b * P.K + k) * P.G * P.nblk + g * P.nblk + blk) * P.nchunks) * N * W;
-    // dB/dC partial sums of this block's super-block (SB blocks, summed in order: deterministic)
-    const bool acc = blk % SB != 0;
-    float* dBo = P.dBp + (((b * P.K + k) * P.G + g) * P.nsb + blk / SB) * L * N;
-    float* dCo = P.dCp + (((b * P.K + k) * P.G + g) * P.nsb + blk / SB) * L * N;
+    // dB/dC partial sums of this block's super-block (sb blocks, summed in order: deterministic)
+    const bool acc = blk % P.sb != 0;
+    float* dBo = P.dBp + (((b * P.K + k) * P.G + g) * P.nsb + blk / P.sb) * L * N;
+    float* dCo = P.dCp + (((b * P.K + k) * P.G + g) * P.nsb + blk / P.sb) * L * N;
     for (int64_t ci = P.nchunks - 1; ci >= 0; --ci) {
       const int64_t t0 = ci * T;
       const int tc = static_cast<int>(std::min<int64_t>(T, L - t0));
@@ -1142,14 +1144,16 @@ struct KernelThreadScope {
 #endif
 };
 
+// Forward work items are single channel blocks: each channel's scan is independent, so any split
+// gives the same bits, and at batch 1 a stage of 6 or 12 blocks divides evenly over the threads
+// (super-blocks of 4 left one of two threads idle for a third of the stage).
 void run_forward(const Problem& P) {
-  const int64_t items = P.batch * P.G * P.nsb;
+  const int64_t items = P.batch * P.G * P.nblk;
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     const KernelThreadScope scope;
     std::vector<vf> stage;
-    for (int64_t bi = begin * SB; bi < end * SB; ++bi) {
-      const int64_t sbi = bi / SB, b = sbi / (P.G * P.nsb), g = (sbi / P.nsb) % P.G, blk = (sbi % P.nsb) * SB + bi % SB;
-      if (blk >= P.nblk) continue;
+    for (int64_t bi = begin; bi < end; ++bi) {
+      const int64_t b = bi / (P.G * P.nblk), g = (bi / P.nblk) % P.G, blk = bi % P.nblk;
       switch (P.N) {
         case 1: forward_item<1>(P, b, g, blk, stage); break;
         case 2: forward_item<2>(P, b, g, blk, stage); break;
@@ -1162,13 +1166,16 @@ void run_forward(const Problem& P) {
   });
 }
 
+// Backward work items are super-blocks of sb channel blocks run in order (their dB/dC rows go to
+// one partial); sb depends on the shapes only, never on the thread count (see make_problem).
 void run_backward(const Problem& P) {
   const int64_t items = P.batch * P.G * P.nsb;
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     const KernelThreadScope scope;
     std::vector<vf> buf, stage;
-    for (int64_t bi = begin * SB; bi < end * SB; ++bi) {  // the blocks of super-blocks [begin, end), in order
-      const int64_t sbi = bi / SB, b = sbi / (P.G * P.nsb), g = (sbi / P.nsb) % P.G, blk = (sbi % P.nsb) * SB + bi % SB;
+    for (int64_t bi = begin * P.sb; bi < end * P.sb; ++bi) {  // the blocks of super-blocks [begin, end), in order
+      const int64_t sbi = bi / P.sb, b = sbi / (P.G * P.nsb), g = (sbi / P.nsb) % P.G;
+      const int64_t blk = (sbi % P.nsb) * P.sb + bi % P.sb;
       if (blk >= P.nblk) continue;
       switch (P.N) {
         case 1: backward_item<1>(P, b, g, blk, buf, stage); break;
@@ -1226,7 +1233,13 @@ Problem make_problem(const at::Tensor& u, const at::Tensor& delta, const at::Ten
   P.G = Bt.size(1) / K;
   TORCH_CHECK(P.Dch % P.G == 0, "vmamba cpu scan: groups must divide channels");
   P.nblk = (P.Dch / P.G + W - 1) / W;
-  P.nsb = (P.nblk + SB - 1) / SB;
+  // Super-blocks of SB blocks keep the dB/dC partials (nsb rows of L x N per direction, written
+  // and summed again) small; a problem with fewer than FEW_ITEMS of them (batch 1 at a stage of
+  // 96 or 192 channels: 2 or 3) makes every block its own super-block, so that its backward, too,
+  // splits evenly over two threads. With 4 to 7 super-blocks (batch 2 of those stages, batch 1 of
+  // 384 channels) the 4x larger partials at N = 16 cost more than the split gains (measured).
+  P.sb = P.batch * P.G * ((P.nblk + SB - 1) / SB) < FEW_ITEMS ? 1 : SB;
+  P.nsb = (P.nblk + P.sb - 1) / P.sb;
   P.nchunks = (P.L + T - 1) / T;
   P.mode = static_cast<int>(mode);
   P.dtype = dtype_id(u.scalar_type());
