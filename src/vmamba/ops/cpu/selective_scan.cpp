@@ -65,8 +65,8 @@ static inline vf vmin(vf a, vf b) { return (vf)_mm512_min_ps((__m512)a, (__m512)
 #else
 // A NaN in a is kept: the clamps of vexp2 and softplus's max(x, 0) must not turn a NaN step size
 // into a number (the AVX-512 exp has no clamps, so its NaN reaches the sum regardless).
-static inline vf vmax(vf a, vf b) { return (a > b || a != a) ? a : b; }
-static inline vf vmin(vf a, vf b) { return (a < b || a != a) ? a : b; }
+static inline vf vmax(vf a, vf b) { return a < b ? b : a; }  // one compare: false for a NaN a
+static inline vf vmin(vf a, vf b) { return a > b ? b : a; }
 #endif
 static inline float* lanes(vf& v) { return reinterpret_cast<float*>(&v); }
 static inline const float* lanes(const vf& v) { return reinterpret_cast<const float*>(&v); }
