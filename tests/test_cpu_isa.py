@@ -137,15 +137,6 @@ FORCED = textwrap.dedent("""
         return lambda x, dl, A, B, C, D, bias: cross_selective_scan(x, dl, A, B, C, D=D, delta_bias=bias,
                                                                      delta_softplus=True, backend=backend)
 
-    errors = []
-    for fn, ins, weight in ((scan, plain, w), (xscan, cross, wc)):
-        outs = []
-        for backend, dtype in (("cpu", torch.float32), ("reference", torch.float64)):
-            args = [t.to(dtype).requires_grad_() for t in ins]
-            y = fn(backend)(*args)
-            outs.append([y] + list(torch.autograd.grad((y.double() * weight).sum(), args)))
-        errors.append(max(err(a, b_) for a, b_ in zip(*outs)))
-
     # softplus and the decay exp at the edges: raw step sizes from -120 to 120 (softplus's
     # exp(-|x|) under- and overflowing), channels whose |dt * A| stays under 126 in some chunks
     # and exceeds it in others (the AVX2 build's fast and clamped decay paths), and NaN steps.
@@ -156,12 +147,15 @@ FORCED = textwrap.dedent("""
     edge_A[::3] *= 60.0
     edge = [r(1, d, L2), edge_delta, edge_A, r(1, 2, n, L2), r(1, 2, n, L2), r(d), r(d) * 0.3, r(1, d, L2)]
     we = r(1, d, L2).double()
-    outs = []
-    for backend, dtype in (("cpu", torch.float32), ("reference", torch.float64)):
-        args = [t.to(dtype).requires_grad_() for t in edge]
-        y = scan(backend)(*args)
-        outs.append([y] + list(torch.autograd.grad((y.double() * we).sum(), args)))
-    errors.append(max(err(a, b_) for a, b_ in zip(*outs)))
+
+    errors = []
+    for fn, ins, weight in ((scan, plain, w), (xscan, cross, wc), (scan, edge, we)):
+        outs = []
+        for backend, dtype in (("cpu", torch.float32), ("reference", torch.float64)):
+            args = [t.to(dtype).requires_grad_() for t in ins]
+            y = fn(backend)(*args)
+            outs.append([y] + list(torch.autograd.grad((y.double() * weight).sum(), args)))
+        errors.append(max(err(a, b_) for a, b_ in zip(*outs)))
     with_nan = [t.clone() for t in edge]
     with_nan[1][..., 5::31] = float("nan")
     y_nan = [scan(backend)(*[t.to(dtype) for t in with_nan])
