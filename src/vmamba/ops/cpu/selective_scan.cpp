@@ -214,6 +214,16 @@ static inline bool in_exp_range(const vf* dt, int tc, vf lim) {
   return true;
 }
 
+// Runs f(std::true_type) (vexp2_mul<true> allowed) when the chunk's step sizes pass the check,
+// else f(std::false_type); builds without the ranged exp always take the latter.
+template <typename F>
+static inline void with_exp_range(const vf* dt, int tc, vf lim, F&& f) {
+  if (kRangedExp && in_exp_range(dt, tc, lim))
+    f(std::true_type{});
+  else
+    f(std::false_type{});
+}
+
 static inline vf vexp(vf x) {
 #if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
   return vexp2_mul(x, vset(LOG2E));
@@ -709,7 +719,7 @@ void forward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vect
     const bool cols = by_columns(P, k);
     vf Dl, bl, mask;
     load_lane_params(P, sc0, nl, Av, Dl, bl, mask);
-    const vf lim = exp_limit(Av, N);
+    const vf lim = kRangedExp ? exp_limit(Av, N) : vf{};
     if (P.dtw) load_proj_weights(P, sc0, nl, Wv);
     if (cols && !P.dtw) map_to_columns(dc, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], P.H, P.Wd, nl);
 #pragma GCC unroll 16
@@ -763,10 +773,7 @@ void forward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vect
           y_t[j] = y0 + y1 + Dl * u_t[j];
         }
       };
-      if (kRangedExp && in_exp_range(dt_t, tc, lim))
-        scan_chunk(std::true_type{});
-      else
-        scan_chunk(std::false_type{});
+      with_exp_range(dt_t, tc, lim, scan_chunk);
       if (P.has_z) {
         vf z_t[T];
         load_tile(z_t, P.z, P.dtype, b * P.sz[0] + c0 * P.sz[1], P.sz[1], P.sz[2], pidx, tc, nl);
@@ -952,7 +959,7 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
     const bool cols = by_columns(P, k);
     vf Dl, bl, mask;
     load_lane_params(P, sc0, nl, Av, Dl, bl, mask);
-    const vf lim = exp_limit(Av, N);
+    const vf lim = kRangedExp ? exp_limit(Av, N) : vf{};
     if (P.dtw) load_proj_weights(P, sc0, nl, Wv);
     if (cols && !P.dtw) map_to_columns(dc, P.delta, P.dtype, b * P.sd[0] + k * P.sd[1] + c0 * P.sd[2], P.sd[2], P.sd[3], P.H, P.Wd, nl);
     for (int n = 0; n < N; ++n) {
@@ -1034,10 +1041,7 @@ void backward_item(const Problem& P, int64_t b, int64_t g, int64_t blk, std::vec
           lane_dot<NS>(h, dy_t[j], dCo + (t0 + j) * N, N, acc);
         }
       };
-      if (kRangedExp && in_exp_range(dt_t, tc, lim))
-        recompute_chunk(std::true_type{});
-      else
-        recompute_chunk(std::false_type{});
+      with_exp_range(dt_t, tc, lim, recompute_chunk);
       if (P.has_z) {
         for (int j = 0; j < tc; ++j) dz_t[j] = do_t[j] * ys_t[j];
       }
