@@ -114,3 +114,60 @@ def test_packed_weight_is_never_saved():
     assert not any("_packed" in m.__dict__ for m in loaded.modules())
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), y, rtol=0, atol=0)
+
+
+# (batch, C_in, C_out, H, W): K = C_in * 9 >= 2304 and few output pixels, the last downsamplers' kind
+IM2COL_CASES = [(2, 256, 24, 9, 8), (1, 384, 16, 14, 14)]
+
+
+@pytest.mark.parametrize("case", IM2COL_CASES, ids=["odd-map", "stage4"])
+@pytest.mark.parametrize("channels_last", [True, False], ids=["cl", "nchw"])
+@pytest.mark.parametrize("wants", ["all", "weight-only", "no-bias"])
+def test_im2col_backward_equals_conv2d(case, channels_last, wants):
+    b, cin, cout, h, w = case
+    conv = _conv(cin, cout, 3, 2, 1, 1, wants != "no-bias", channels_last=channels_last)
+    x = torch.randn(b, cin, h, w)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(wants != "weight-only")
+    y = conv(x)
+    assert type(y.grad_fn).__name__.startswith("_Im2colGradConv"), "the im2col backward was not taken"
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    xr = x.detach().clone().requires_grad_()
+    wr = conv.weight.detach().clone().requires_grad_()
+    br = None if conv.bias is None else conv.bias.detach().clone().requires_grad_()
+    yr = F.conv2d(xr, wr, br, 2, 1)
+    yr.backward(gy)
+    torch.testing.assert_close(y, yr, rtol=0, atol=0)  # the forward is oneDNN's either way
+    torch.testing.assert_close(conv.weight.grad, wr.grad, rtol=1e-4, atol=1e-4)
+    assert conv.weight.grad.stride() == conv.weight.stride()  # the gradient in the weight's layout
+    if br is not None:
+        torch.testing.assert_close(conv.bias.grad, br.grad, rtol=1e-4, atol=1e-4)
+    if wants == "weight-only":
+        assert x.grad is None
+    else:
+        torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-4)
+        assert x.grad.stride() == x.stride()
+
+
+def test_im2col_backward_only_where_it_wins():
+    from vmamba.ops.conv import IM2COL_MAX_PIXELS, im2col_grad_wins
+
+    def wins(b, cin, h, k=3, stride=2, groups=1, dilation=1):
+        return im2col_grad_wins((b, cin, h, h), (2 * cin, cin // groups, k, k), (stride, stride), (1, 1),
+                                (dilation, dilation), groups)
+
+    assert wins(1, 384, 14) and wins(8, 384, 14) and wins(1, 512, 14) and wins(1, 256, 28)
+    assert not wins(1, 192, 28)  # K = 1728: oneDNN is as fast
+    assert not wins(8, 256, 28)  # 1568 output pixels
+    assert wins(4, 256, 32) and not wins(5, 256, 32)  # 4 * 16 * 16 = 1024 = IM2COL_MAX_PIXELS
+    assert IM2COL_MAX_PIXELS == 1024
+    assert not wins(1, 384, 14, k=2) and not wins(1, 384, 14, stride=1)
+    assert not wins(1, 384, 14, groups=2) and not wins(1, 384, 14, dilation=2)
+    conv = _conv(384, 8, 3, 2, 1, 1, True)
+    x = torch.randn(1, 384, 14, 14, requires_grad=True)
+    with linear_backend("aten"):  # the plain-ATen baseline keeps oneDNN's backward
+        assert "Im2col" not in type(conv(x).grad_fn).__name__
+    conv64 = copy.deepcopy(conv).double()  # float64 keeps the plain convolution
+    assert "Im2col" not in type(conv64(x.detach().double().requires_grad_()).grad_fn).__name__
