@@ -1,14 +1,14 @@
-"""Whole-model A/B on CPU: step sizes projected inside the scan kernel, and packed convolution weights.
+"""Whole-model A/B on CPU: step sizes projected inside the scan kernel or by a product first.
 
 One process, the same weights, interleaved rounds, median time per variant, fp32, 224x224,
 ``--threads`` threads (default 2). Variants, each a copy of the same model:
 
 * ``before``: SS2D projects its step sizes in Python (one batched product writing the
-  (B, 4, d, H, W) step sizes, which the kernel then reads) and the convolutions are plain
-  ``nn.Conv2d`` (oneDNN reorders the weight on every call);
-* ``projection``: the step sizes' projection inside the kernel (``delta_proj_weight``), plain convolutions;
-* ``packed``: the Python projection, convolutions on the cached packed weight (``vmamba.ops.Conv2d``);
-* ``both``: the library as it is.
+  (B, 4, d, H, W) step sizes, which the kernel then reads);
+* ``projection``: the library as it is (the projection inside the kernel, ``delta_proj_weight``).
+
+(Until 2026-12-07 the script also had variants with oneDNN-packed convolution weights, which
+the library no longer keeps: docs/cpu.md, "No packed weights at inference".)
 
 Cases: inference at batch 1 and 8, and one training step (forward, cross-entropy, backward, no
 optimizer) at batch 8. Before timing, the logits of every variant are compared with ``before``
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import vmamba  # noqa: E402
 from vmamba.models import SS2D  # noqa: E402
-from vmamba.ops import Conv2d, cross_selective_scan, linear  # noqa: E402
+from vmamba.ops import cross_selective_scan, linear  # noqa: E402
 from vmamba.ops.scan_common import project_steps  # noqa: E402
 from vmamba.utils import cpu_info  # noqa: E402
 
@@ -59,17 +59,15 @@ def forward_core_projecting_first(self: SS2D, x: torch.Tensor) -> torch.Tensor:
     return y.permute(0, 2, 3, 1)
 
 
-def variant(model: nn.Module, projection: bool, packed: bool) -> nn.Module:
+def variant(model: nn.Module, projection: bool) -> nn.Module:
     m = copy.deepcopy(model)
     for mod in m.modules():
         if isinstance(mod, SS2D) and not projection:
             mod.forward_core = types.MethodType(forward_core_projecting_first, mod)
-        if isinstance(mod, Conv2d) and not packed:
-            mod.__class__ = nn.Conv2d
     return m
 
 
-VARIANTS = {"before": (False, False), "projection": (True, False), "packed": (False, True), "both": (True, True)}
+VARIANTS = {"before": False, "projection": True}
 
 
 def step(model: nn.Module, x: torch.Tensor, train: bool) -> None:
@@ -110,7 +108,7 @@ def main() -> None:
     for name in args.models:
         torch.manual_seed(0)
         base = vmamba.create_model(name).eval()
-        models = {v: variant(base, *flags) for v, flags in VARIANTS.items()}
+        models = {v: variant(base, flag) for v, flag in VARIANTS.items()}
         print(f"{name}: checks at 64x64, batch 2")
         check(models, torch.randn(2, 3, 64, 64))
         for case, batch, train in (("infer b1", 1, False), ("infer b8", 8, False), ("train b8", 8, True)):

@@ -209,6 +209,31 @@ def test_weight_decay_groups_skip_1d_params_and_ssm_params():
     assert no_decay["weight_decay"] == 0.0
 
 
+def test_adamw_is_fused_where_the_parameters_allow_and_updates_as_the_default():
+    from vmamba import create_model
+    from vmamba.utils import adamw
+
+    torch.manual_seed(0)
+    model = create_model("vmamba_tiny_s1l8", dims=8, depths=(1, 1), num_classes=3, drop_path_rate=0.0)
+    twin = create_model("vmamba_tiny_s1l8", dims=8, depths=(1, 1), num_classes=3, drop_path_rate=0.0)
+    twin.load_state_dict(model.state_dict())
+    opts = [adamw(engine.param_groups(m, 0.05), lr=1e-2, **kw) for m, kw in ((model, {}), (twin, {"fused": False}))]
+    assert opts[0].defaults["fused"] is True and not opts[1].defaults["fused"]
+    x = torch.randn(2, 3, 32, 32)
+    for _ in range(3):
+        for m, opt in zip((model, twin), opts):
+            torch.nn.functional.cross_entropy(m(x), torch.tensor([0, 2])).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    meta = torch.nn.Parameter(torch.empty(3, device="meta"))  # no fused kernel there: the default one
+    assert not adamw([meta], lr=1e-3).defaults["fused"]
+    cfg = make_config("default", model="vmamba_tiny_s1l8", model_args={"dims": 8, "depths": [1, 1]})
+    run = engine.build_run(cfg, model, 3, torch.device("cpu"), steps=4)
+    assert run.optimizer.defaults["fused"] is True  # what the trainer steps
+
+
 def test_builtin_dataset_is_shipped_and_balanced():
     splits, desc = load_fashion_mnist(full=False)
     x, y = splits["train"]

@@ -43,7 +43,10 @@ class CompiledModel(nn.Module):
     (its ``freezing``), which lets it pre-pack the products and convolutions for oneDNN and fuse
     their epilogues: on CPU this is the fast compiled path (see :func:`compile_model`). Calls then
     run without gradients, and a call after the model's parameters or buffers changed (an
-    optimizer step, ``load_state_dict``, ``.to()``) raises instead of using the stale weights."""
+    optimizer step, ``load_state_dict``, ``.to()``) raises instead of using the stale weights.
+    The check reads each tensor's storage and version counter, so it cannot see writes that
+    leave the counter alone: fused optimizers (``torch.optim.AdamW(fused=True)``) and in-place
+    writes through ``.data``; call :func:`compile_model` again after those."""
 
     def __init__(self, model: nn.Module, dynamic_batch: bool = True, freeze: bool = False, **compile_kwargs):
         super().__init__()
@@ -103,7 +106,8 @@ def compile_model(model: nn.Module, dynamic_batch: bool = True, fullgraph: bool 
     fused epilogues. On CPU that is what makes the compiled model faster than eager: on a 2-vCPU
     Xeon, ``vmamba_tiny_s1l8`` 1.08x / 1.09x eager at batch 1 / 8 frozen, 0.92-0.98x without
     (docs/cpu.md). The model must be in eval mode; calls run without gradients and refuse to run
-    once the model's weights have changed.
+    once the model's weights have changed (as far as version counters tell, see
+    :class:`CompiledModel`).
     """
     return CompiledModel(model, dynamic_batch=dynamic_batch, fullgraph=fullgraph, freeze=freeze, **kwargs)
 

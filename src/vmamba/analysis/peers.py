@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..utils import available_cpus, cpu_flags, cpu_info
+from ..utils import adamw, available_cpus, cpu_flags, cpu_info
 
 # Short names of the timm peers -> timm model names.
 PEERS = {
@@ -277,13 +277,14 @@ def build_model(name: str, size: int, timm=None, peer_linear: str = "timm") -> n
 
 
 class Step:
-    """One inference step (``torch.inference_mode``) or one training step (AdamW) of a model."""
+    """One inference step (``torch.inference_mode``) or one training step (fused AdamW, as
+    ``vmamba train`` steps) of a model."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, mode: str):
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {MODES}")
         self.model, self.x, self.labels, self.mode = model, x, labels, mode
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6) if mode == "train" else None
+        self.optimizer = adamw(model.parameters(), lr=1e-6) if mode == "train" else None
 
     def __call__(self) -> None:
         if self.mode == "infer":

@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, nargs="+", metavar="N",
                    help="torch thread counts (default: 1 2, capped at the CPUs available)")
     p.add_argument("--modes", nargs="+", choices=["infer", "train"], default=["infer", "train"],
-                   help="inference and/or training step (forward, cross-entropy, backward, AdamW step)")
+                   help="inference and/or training step (forward, cross-entropy, backward, fused AdamW step)")
     p.add_argument("--rounds", type=int, help=f"timed rounds per configuration (default {DEFAULTS['rounds']})")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per model before the rounds (default 1)")
     p.add_argument("--max-pixels", type=int, default=1024 * 1024, metavar="N",

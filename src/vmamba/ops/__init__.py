@@ -9,8 +9,8 @@ Layout, for a backend author:
   ids, argument conversions); a kernel backend imports that and ``backends`` only;
 * ``cross_scan.py``: cross-scan / cross-merge and the scan orders;
 * ``dense.py``: the dense layers' product, on oneDNN for CPU float32 where it is usable;
-* ``conv.py``: ``Conv2d``, whose CPU inference keeps oneDNN's packed copy of its weight (and
-  whose wide strided training calls take an im2col backward);
+* ``conv.py``: ``Conv2d``, ``nn.Conv2d`` with an im2col backward for its wide strided training
+  calls;
 * the backends: ``scan_reference.py`` and ``scan_torch.py`` (portable, on ``scan_common.py``),
   ``scan_cpu.py`` (C++ kernel in ``cpu/``) and ``scan_triton.py`` (``triton_kernels.py``).
 """

@@ -24,7 +24,7 @@ from .checkpointing import (export_safetensors, load_training_checkpoint, rng_st
 from .config import ConfigError, TrainConfig, validate
 from .datasets import ArrayDataset, DataError, build_dataset, class_names, has_test
 from .outdir import RunLock, reported_writes
-from ..utils import progress_bar
+from ..utils import adamw, progress_bar
 from .reporting import MetricsLog, plot_curves, summary
 from .transforms import BatchAugment, EvalTransform, Mixup, TrainTransform, normalize
 
@@ -383,7 +383,7 @@ def build_run(cfg: TrainConfig, model: nn.Module, num_classes: int, device: torc
         model.set_grad_checkpointing(True)
     scale = cfg.batch_size * dist.world_size() / cfg.lr_base_batch
     lr = cfg.lr * scale
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, betas=cfg.betas, eps=cfg.eps)
+    optimizer = adamw(param_groups(model, cfg.weight_decay), lr=lr, betas=cfg.betas, eps=cfg.eps)
     amp = amp_dtype(cfg, device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema else None
     return Run(model=model, ema=ema, optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg, lr, steps, scale),
