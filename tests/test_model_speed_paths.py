@@ -191,3 +191,27 @@ def test_ddp_gloo_steps_raise_no_grad_stride_warning():
     assert sorted(results) == [0, 1] and all(p.exitcode == 0 for p in procs)
     for rank, messages in results.items():
         assert not [m for m in messages if "strides" in m], (rank, messages)
+
+
+def test_drop_path_add_to_is_the_residual_add_in_one_pass():
+    from vmamba.models.layers import DropPath
+
+    dp = DropPath(0.5).train()
+    residual = torch.randn(64, 3, 4, 5)
+    x = torch.randn(64, 3, 4, 5, requires_grad=True)
+    torch.manual_seed(1)
+    fused = dp.add_to(residual, x)
+    torch.manual_seed(1)
+    plain = residual + dp(x)  # the same mask from the same generator state
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)  # addcmul may round once (FMA)
+    kept = (fused - residual).flatten(1).ne(0).any(1)
+    assert 0 < int(kept.sum()) < 64  # some samples dropped, some kept
+    torch.testing.assert_close((fused - residual)[kept], x.detach()[kept] * 2.0)  # kept ones scaled by 1 / keep
+    g = torch.randn_like(fused)
+    (gx,) = torch.autograd.grad(fused, x, g)
+    torch.testing.assert_close(gx, g * kept.view(-1, 1, 1, 1) * 2.0)
+    assert torch.equal(dp.eval().add_to(residual, x), residual + x)
+    seen = []
+    dp.train().register_forward_hook(lambda m, i, o: seen.append(o))
+    dp.add_to(residual, x)
+    assert len(seen) == 1  # a hooked DropPath still runs as a module

@@ -76,9 +76,18 @@ class DropPath(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0 or not self.training:
             return x
+        return x * self._scale(x)
+
+    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``residual + self(x)`` in one pass over memory (``addcmul``) where samples are dropped."""
+        if self.p == 0.0 or not self.training or self._forward_hooks or self._forward_pre_hooks:
+            return residual + self(x)
+        return torch.addcmul(residual, x, self._scale(x))
+
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Per sample 0 (dropped) or 1 / keep, shaped (B, 1, ..., 1) to broadcast over x."""
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
+        return x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep).div_(keep)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

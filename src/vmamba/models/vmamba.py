@@ -67,12 +67,12 @@ class VSSBlock(nn.Module):
         if no_drop and not _hooked(self.op):
             x = self.op(self.norm(x), residual=x)  # the add is fused into out_proj at inference
         else:
-            x = x + self.drop_path(self.op(self.norm(x)))
+            x = self.drop_path.add_to(x, self.op(self.norm(x)))
         if self.mlp is not None:
             if no_drop and not _hooked(self.mlp):
                 x = self.mlp(self.norm2(x), residual=x)
             else:
-                x = x + self.drop_path(self.mlp(self.norm2(x)))
+                x = self.drop_path.add_to(x, self.mlp(self.norm2(x)))
         return x
 
 
