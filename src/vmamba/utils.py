@@ -94,15 +94,17 @@ def pyplot():
 def adamw(params, **kwargs):
     """``torch.optim.AdamW(params, **kwargs)`` on PyTorch's fused implementation (one kernel over
     all parameters) where it takes them (floating-point parameters on CPU or CUDA), else on the
-    default one. On CPU the default walks the parameters one by one in Python and several passes
-    each: on a 2-core Xeon one step over vmamba_tiny_s1l8's 30 M parameters took 82 ms, the fused
-    one 25 ms (docs/cpu.md, "The optimizer step"). Same update rule; the two differ by float
-    rounding."""
+    default one, which is also kept when ``fused``, ``foreach`` or ``differentiable`` is given.
+    On CPU the default walks the parameters one by one in Python and several passes each: on a
+    2-core Xeon one step over vmamba_tiny_s1l8's 30 M parameters took 82 ms, the fused one 25 ms
+    (docs/cpu.md, "The optimizer step"). Same update rule; the two differ by float rounding.
+    ``params``: tensors or parameter-group dicts, as ``torch.optim.AdamW`` takes them."""
     import torch
 
-    params = list(params)
-    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    groups = [dict(g, params=[g["params"]] if isinstance(g["params"], torch.Tensor) else list(g["params"]))
+              if isinstance(g, dict) else g for g in params]
+    tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
     fused_ok = bool(tensors) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors)
-    if fused_ok and "fused" not in kwargs and "foreach" not in kwargs:
+    if fused_ok and not ({"fused", "foreach"} & kwargs.keys()) and not kwargs.get("differentiable"):
         kwargs["fused"] = True
-    return torch.optim.AdamW(params, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)

@@ -4,10 +4,10 @@ Activations between layers are channel-last (B, H, W, C). Convolutions take them
 ``Permute`` view, i.e. as NCHW tensors whose memory is channel-last, and keep their weights in
 that layout too (:func:`channels_last_conv`): oneDNN's NHWC kernels then run without reordering
 the activations, and the outputs are channel-last again, so the ``Permute`` after a conv is free.
-The convolutions are :class:`vmamba.ops.Conv2d`, whose wide strided ones (the last downsamplers)
-train with an im2col backward. The stems and downsamplers are ``nn.Sequential`` with the same child indices
-as the authors' release, so parameter names (``patch_embed.0``, ``downsample.1``, ...) match
-their checkpoints.
+The convolutions are :class:`vmamba.ops.Conv2d`, whose wide strided ones (the last
+downsamplers) train with an im2col backward. The stems and downsamplers are ``nn.Sequential``
+with the same child indices as the authors' release, so parameter names (``patch_embed.0``,
+``downsample.1``, ...) match their checkpoints.
 """
 from __future__ import annotations
 
