@@ -66,6 +66,13 @@ def channels_last_conv(conv: nn.Conv2d) -> nn.Conv2d:
     return conv
 
 
+def hooked(module: nn.Module) -> bool:
+    """Whether forward hooks watch ``module``'s output, which must then be its own (not fused with
+    a neighbour's work, such as a residual add)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks)
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drop the whole residual branch per sample with probability ``p``."""
 
@@ -80,7 +87,7 @@ class DropPath(nn.Module):
 
     def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``residual + self(x)`` in one pass over memory (``addcmul``) where samples are dropped."""
-        if self.p == 0.0 or not self.training or self._forward_hooks or self._forward_pre_hooks:
+        if self.p == 0.0 or not self.training or hooked(self):
             return residual + self(x)
         return torch.addcmul(residual, x, self._scale(x))
 

@@ -20,7 +20,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..ops import Linear
 
-from .layers import DropPath, Mlp, check_arg, is_identity, is_int, make_downsample, make_patch_embed, to_channels_first
+from .layers import (DropPath, Mlp, check_arg, hooked, is_identity, is_int, make_downsample, make_patch_embed,
+                     to_channels_first)
 from .registry import register_model
 from .ss2d import SS2D, check_ss2d_args
 from .weights import IMAGENET_MEAN, IMAGENET_STD, IMAGENET_PREPROCESSING, LICENSE, PAPER  # noqa: F401
@@ -64,22 +65,16 @@ class VSSBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
         no_drop = is_identity(self.drop_path)
-        if no_drop and not _hooked(self.op):
+        if no_drop and not hooked(self.op):
             x = self.op(self.norm(x), residual=x)  # the add is fused into out_proj at inference
         else:
             x = self.drop_path.add_to(x, self.op(self.norm(x)))
         if self.mlp is not None:
-            if no_drop and not _hooked(self.mlp):
+            if no_drop and not hooked(self.mlp):
                 x = self.mlp(self.norm2(x), residual=x)
             else:
                 x = self.drop_path.add_to(x, self.mlp(self.norm2(x)))
         return x
-
-
-def _hooked(module: nn.Module) -> bool:
-    """Whether forward hooks watch ``module``'s output, which must then be its own (no residual)."""
-    return bool(module._forward_hooks or module._forward_pre_hooks or nn.modules.module._global_forward_hooks
-                or nn.modules.module._global_forward_pre_hooks)
 
 
 class VSSStage(nn.Module):

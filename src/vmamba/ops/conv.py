@@ -87,8 +87,8 @@ class _Im2colGradConv(torch.autograd.Function):
         w_rows = weight.permute(0, 2, 3, 1).reshape(cout, kh * kw * cin)  # a view for a channel-last weight
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            cols = (g @ w_rows).view(gy.shape[0], gy.shape[2], gy.shape[3], kh, kw, cin)
-            dx = _col2im(cols, x.shape, kernel, stride, padding).permute(0, 3, 1, 2)
+            dcols = (g @ w_rows).view(gy.shape[0], gy.shape[2], gy.shape[3], kh, kw, cin)
+            dx = _col2im(dcols, x.shape, kernel, stride, padding).permute(0, 3, 1, 2)
             if not x.is_contiguous(memory_format=torch.channels_last):
                 dx = dx.contiguous()
         if ctx.needs_input_grad[1]:
@@ -115,10 +115,11 @@ class Conv2d(nn.Conv2d):
 
     def _takes_im2col_grad(self, x: Tensor) -> bool:
         w, b = self.weight, self.bias
-        return (type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-                and w.dtype == torch.float32 and w.device.type == "cpu"
+        # needs_grad first: it settles every inference call at once
+        return (needs_grad(x, w, b) and type(x) is torch.Tensor and x.device.type == "cpu"
+                and x.dtype == torch.float32 and x.dim() == 4 and w.dtype == torch.float32 and w.device.type == "cpu"
                 and (b is None or (b.dtype == torch.float32 and b.device.type == "cpu"))
                 and self.padding_mode == "zeros" and not isinstance(self.padding, str)
-                and needs_grad(x, w, b) and not torch.is_autocast_enabled("cpu")
+                and not torch.is_autocast_enabled("cpu")
                 and not _plain_call() and not traced(x, w, b) and _setting() != "aten"
                 and im2col_grad_wins(x.shape, w.shape, self.stride, self.padding, self.dilation, self.groups))
