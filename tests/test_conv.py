@@ -1,4 +1,5 @@
-"""vmamba.ops.Conv2d: nn.Conv2d with an im2col backward for wide strided training calls; same values."""
+"""vmamba.ops.Conv2d: nn.Conv2d with the CPU kernel's depthwise 3x3 convolution and an im2col backward for
+wide strided training calls; same values."""
 from __future__ import annotations
 
 import copy
@@ -12,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import vmamba
 from vmamba.models.layers import channels_last_conv
-from vmamba.ops import Conv2d, linear_backend
+from vmamba.ops import Conv2d, conv as conv_mod, linear_backend, scan_cpu
 
 # (in, out, kernel, stride, padding, groups, bias): the stem, downsampler and depthwise kinds
 CONFIGS = [(6, 10, 3, 2, 1, 1, True), (8, 12, 2, 2, 0, 1, True), (8, 8, 3, 1, 1, 8, False), (3, 4, 4, 4, 0, 1, True)]
@@ -38,7 +39,11 @@ def test_conv2d_equals_functional_conv(cfg, channels_last, mode):
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad() if mode == "no_grad" else torch.inference_mode() if mode == "inference_mode" \
             else torch.enable_grad():
-        torch.testing.assert_close(conv(x), _reference(conv, x), rtol=0, atol=0)
+        y = conv(x)
+    # the depthwise kernel sums the taps in another order than oneDNN: float rounding apart
+    on_kernel = cfg[5] > 1 and channels_last and scan_cpu.is_available()
+    tol = 1e-6 if on_kernel else 0
+    torch.testing.assert_close(y, _reference(conv, x), rtol=tol, atol=tol)
     assert not any(isinstance(v, torch.Tensor) for v in conv.__dict__.values())  # nothing cached
 
 
@@ -152,3 +157,113 @@ def test_im2col_backward_only_where_it_wins():
         assert "Im2col" not in type(conv(x).grad_fn).__name__
     conv64 = copy.deepcopy(conv).double()  # float64 keeps the plain convolution
     assert "Im2col" not in type(conv64(x.detach().double().requires_grad_()).grad_fn).__name__
+
+
+needs_kernel = pytest.mark.skipif(not scan_cpu.is_available(), reason="the CPU kernel cannot be built here")
+
+# (batch, C, H, W, bias): whole and partial SIMD vectors of channels, maps down to 1 x 1
+DEPTHWISE_CASES = [(1, 32, 14, 14, True), (2, 20, 5, 7, False), (1, 17, 1, 1, True), (3, 33, 2, 9, True),
+                   (1, 48, 9, 1, False)]
+
+
+def _depthwise_input(b, c, h, w, requires_grad=True):
+    x = torch.randn(b, c, h, w).contiguous(memory_format=torch.channels_last)
+    return x.requires_grad_(requires_grad)
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", DEPTHWISE_CASES, ids=["stage", "odd-c", "1x1", "wide", "column"])
+@pytest.mark.parametrize("wants", ["all", "weight-only", "input-only"])
+def test_depthwise_kernel_equals_conv2d(case, wants):
+    b, c, h, w, bias = case
+    conv = _conv(c, c, 3, 1, 1, c, bias)
+    x = _depthwise_input(b, c, h, w, requires_grad=wants != "weight-only")
+    conv.requires_grad_(wants != "input-only")
+    y = conv(x)
+    assert type(y.grad_fn).__name__.startswith("_DepthwiseConv3x3"), "the kernel was not taken"
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    xr = x.detach().clone().requires_grad_()
+    wr = conv.weight.detach().clone().requires_grad_()
+    br = None if conv.bias is None else conv.bias.detach().clone().requires_grad_()
+    yr = F.conv2d(xr, wr, br, 1, 1, 1, c)
+    yr.backward(gy)
+    torch.testing.assert_close(y, yr, rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(conv(x.detach()), yr, rtol=1e-5, atol=1e-5)
+    if wants == "weight-only":
+        assert x.grad is None
+    else:
+        torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-5)
+        assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    if wants == "input-only":
+        assert conv.weight.grad is None
+    else:
+        torch.testing.assert_close(conv.weight.grad, wr.grad, rtol=1e-4, atol=1e-4)
+        assert conv.weight.grad.shape == conv.weight.shape
+        if br is not None:
+            torch.testing.assert_close(conv.bias.grad, br.grad, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernel
+def test_depthwise_kernel_only_where_it_wins(monkeypatch):
+    from vmamba.ops.conv import DEPTHWISE_MAX_PIXELS, depthwise_kernel_wins
+
+    def wins(b, c, h, w=None, k=3, stride=1, pad=1, groups=None, dilation=1):
+        return depthwise_kernel_wins((b, c, h, w or h), (c, 1, k, k), (stride, stride), (pad, pad),
+                                     (dilation, dilation), groups or c)
+
+    assert wins(1, 96, 56) and wins(1, 768, 7) and wins(8, 384, 14) and wins(1, 192, 64)
+    assert not wins(8, 96, 56) and not wins(1, 96, 128)  # oneDNN's is as fast on large maps
+    assert wins(1, 8, 64, 64) and not wins(1, 8, 64, 65) and DEPTHWISE_MAX_PIXELS == 4096
+    assert not wins(1, 8, 14, k=5) and not wins(1, 8, 14, stride=2) and not wins(1, 8, 14, pad=0)
+    assert not wins(1, 8, 14, dilation=2) and not wins(1, 8, 14, groups=4)
+
+    def kind(conv, x):
+        return type(conv(x).grad_fn).__name__
+
+    conv = _conv(16, 16, 3, 1, 1, 16, True)
+    x = _depthwise_input(2, 16, 6, 6)
+    assert kind(conv, x).startswith("_DepthwiseConv3x3")
+    assert not kind(conv, x.detach().contiguous().requires_grad_()).startswith("_Depthwise")  # NCHW memory
+    assert not kind(copy.deepcopy(conv).double(), x.detach().double().requires_grad_()).startswith("_Depthwise")
+    with linear_backend("aten"):  # the plain-ATen baseline keeps oneDNN's convolution
+        assert not kind(conv, x).startswith("_Depthwise")
+    monkeypatch.setattr(conv_mod, "_kernel", lambda: None)  # no compiler: nn.Conv2d
+    y = conv(x)
+    assert not type(y.grad_fn).__name__.startswith("_Depthwise")
+    torch.testing.assert_close(y, _reference(conv, x), rtol=0, atol=0)
+
+
+@needs_kernel
+def test_depthwise_weight_gradient_does_not_depend_on_threads():
+    conv = _conv(40, 40, 3, 1, 1, 40, True)
+    x = _depthwise_input(2, 40, 9, 11, requires_grad=False)
+    gy = torch.randn(2, 40, 9, 11).contiguous(memory_format=torch.channels_last)
+    grads = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            conv.zero_grad(set_to_none=True)
+            conv(x).backward(gy)
+            grads.append((conv.weight.grad.clone(), conv.bias.grad.clone()))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@needs_kernel
+def test_depthwise_kernel_op_names_bad_input():
+    ext = scan_cpu.load_extension()
+    x, taps = torch.randn(1, 4, 4, 8), torch.randn(9, 8)
+    with pytest.raises(RuntimeError, match="float32"):
+        ext.depthwise3x3(x.double(), taps, None)
+    with pytest.raises(RuntimeError, match="taps"):
+        ext.depthwise3x3(x, torch.randn(9, 7), None)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        ext.depthwise3x3(x.transpose(1, 2), taps, None)
+    with pytest.raises(RuntimeError, match="differ"):
+        ext.depthwise3x3_weight_grad(torch.randn(1, 4, 5, 8), x, True)

@@ -1,12 +1,20 @@
-"""2D convolutions of the models: ``torch.nn.Conv2d`` with a faster backward for the wide strided ones.
+"""2D convolutions of the models: ``torch.nn.Conv2d`` with faster CPU paths where oneDNN is slow.
 
-Training calls of a wide strided convolution on a small output (the last downsamplers, see
-:func:`im2col_grad_wins`) keep oneDNN's forward but compute the backward as two MKL products on
-the im2col matrix: oneDNN's backward, with the copy of its weight gradient into the weight's
-layout, was 1.2-1.7x slower for those shapes (docs/cpu.md, "Strided convolutions' backward").
-Gradients equal the plain ones to float rounding. Everything else (inference, other shapes,
-non-float32 or non-CPU tensors, traced and compiled calls, ``linear_backend("aten")``) runs
-``nn.Conv2d`` as it is.
+* Depthwise 3x3 convolutions (stride 1, padding 1: SS2D's) of channel-last maps with at most
+  ``DEPTHWISE_MAX_PIXELS`` pixels in the batch run on vmamba's CPU kernel (forward and backward,
+  ``cpu/depthwise_conv.cpp``): oneDNN spends tens of microseconds per call whatever the map, and
+  its backward several times its forward, 2-5x the kernel's time on the maps of a batch-1
+  VMamba (docs/cpu.md, "Depthwise convolutions").
+* Training calls of a wide strided convolution on a small output (the last downsamplers, see
+  :func:`im2col_grad_wins`) keep oneDNN's forward but compute the backward as two MKL products
+  on the im2col matrix: oneDNN's backward, with the copy of its weight gradient into the
+  weight's layout, was 1.2-1.7x slower for those shapes (docs/cpu.md, "Strided convolutions'
+  backward").
+
+Results equal ``nn.Conv2d``'s to float rounding. Everything else (other shapes and layouts,
+non-float32 or non-CPU tensors, traced and compiled calls, ``linear_backend("aten")``, a CPU
+kernel that cannot be built or is disabled with ``VMAMBA_CPU_KERNEL=0``) runs ``nn.Conv2d`` as
+it is.
 
 Inference does not keep a oneDNN-packed copy of the weight between calls (it did until
 2026-12-07, for 2-3% at batch 1): nothing tells a module reliably that its weight changed, since
@@ -15,6 +23,8 @@ the version counter alone, and a stale copy gives wrong outputs without an error
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -22,6 +32,12 @@ from torch import Tensor
 
 from .dense import _plain_call, _setting
 from .kernel_common import needs_grad, traced
+
+# Largest batch x height x width a depthwise call sends to the CPU kernel. Interleaved against
+# oneDNN (benchmarks/bench_depthwise_conv.py), the kernel's forward and backward won
+# at every map of a batch-1 224-px VMamba (1.3-5x, AVX-512 and AVX2 builds) and at batch 8 on
+# 14 x 14; on larger maps the AVX2 build's forward lost (0.7x at 128 x 128 and 8 x 56 x 56).
+DEPTHWISE_MAX_PIXELS = 4096
 
 # Thresholds of the im2col backward, from an interleaved micro-benchmark of oneDNN's backward
 # against it on AVX-512 (and with oneDNN / MKL held to AVX2) over the zoo's 3x3 stride-2 shapes:
@@ -42,6 +58,58 @@ def im2col_grad_wins(x_shape, weight_shape, stride, padding, dilation, groups: i
     ho = (h + 2 * padding[0] - kh) // stride[0] + 1
     wo = (w + 2 * padding[1] - kw) // stride[1] + 1
     return cin * kh * kw >= IM2COL_MIN_K and 0 < b * ho * wo <= IM2COL_MAX_PIXELS
+
+
+def depthwise_kernel_wins(x_shape, weight_shape, stride, padding, dilation, groups: int) -> bool:
+    """Whether this convolution goes to the CPU depthwise kernel: x (B, C, H, W), weight (C, 1, 3, 3),
+    groups C, stride 1, padding 1, no dilation, at most ``DEPTHWISE_MAX_PIXELS`` pixels in the batch."""
+    b, c, h, w = x_shape
+    return (tuple(weight_shape) == (c, 1, 3, 3) and groups == c and tuple(stride) == (1, 1)
+            and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1) and 0 < b * h * w <= DEPTHWISE_MAX_PIXELS)
+
+
+def _kernel():
+    """vmamba's compiled CPU kernels (built on first use), or None where they cannot be built."""
+    from .scan_cpu import load_extension
+
+    return load_extension()
+
+
+def _depthwise_forward(ext, x: Tensor, taps: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """x (B, C, H, W) channel-last in memory, taps (9, C) -> (B, C, H, W), channel-last in memory."""
+    return ext.depthwise3x3(x.permute(0, 2, 3, 1), taps, bias).permute(0, 3, 1, 2)
+
+
+def _taps(weight: Tensor) -> Tensor:
+    """A depthwise weight (C, 1, 3, 3) as the kernel's (9, C) taps."""
+    return weight.reshape(weight.shape[0], 9).t().contiguous()
+
+
+class _DepthwiseConv3x3(torch.autograd.Function):
+    """The CPU kernel's depthwise 3x3 convolution, with its backward (see :func:`depthwise_kernel_wins`)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, ext):
+        taps = _taps(weight)
+        ctx.save_for_backward(x, taps)
+        ctx.ext, ctx.weight_shape, ctx.has_bias = ext, weight.shape, bias is not None
+        return _depthwise_forward(ext, x, taps, bias)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, taps = ctx.saved_tensors
+        ext = ctx.ext
+        g = gy.permute(0, 2, 3, 1).contiguous()  # no copy for a channel-last gy
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:  # the same convolution of gy with the taps flipped
+            dx = ext.depthwise3x3(g, taps.flip(0), None).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            need_db = ctx.has_bias and ctx.needs_input_grad[2]
+            dtaps, dbias = ext.depthwise3x3_weight_grad(g, x.permute(0, 2, 3, 1), need_db)
+            if ctx.needs_input_grad[1]:
+                dw = dtaps.t().reshape(ctx.weight_shape)
+            db = dbias if need_db else None
+        return dx, dw, db, None
 
 
 def _im2col(x_nhwc: Tensor, kernel, stride, padding) -> Tensor:
@@ -109,9 +177,28 @@ class Conv2d(nn.Conv2d):
     forward: x (B, C_in, H, W) -> (B, C_out, H_out, W_out), as ``nn.Conv2d``."""
 
     def forward(self, x: Tensor) -> Tensor:
+        ext = self._depthwise_kernel(x)
+        if ext is not None:
+            w, b = self.weight, self.bias
+            if needs_grad(x, w, b):
+                return _DepthwiseConv3x3.apply(x, w, b, ext)
+            return _depthwise_forward(ext, x, _taps(w), b)
         if self._takes_im2col_grad(x):
             return _Im2colGradConv.apply(x, self.weight, self.bias, self.stride, self.padding)
         return super().forward(x)
+
+    def _depthwise_kernel(self, x: Tensor):
+        """The CPU kernels' module if this call runs on their depthwise convolution, else None."""
+        w, b = self.weight, self.bias
+        if not (self.groups > 1 and self.groups == self.in_channels and type(x) is torch.Tensor
+                and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+                and depthwise_kernel_wins(x.shape, w.shape, self.stride, self.padding, self.dilation, self.groups)
+                and x.permute(0, 2, 3, 1).is_contiguous() and w.dtype == torch.float32 and w.device.type == "cpu"
+                and w.is_contiguous() and (b is None or (b.dtype == torch.float32 and b.device.type == "cpu"))
+                and self.padding_mode == "zeros" and not torch.is_autocast_enabled("cpu")
+                and not _plain_call() and not traced(x, w, b) and _setting() != "aten"):
+            return None
+        return _kernel()
 
     def _takes_im2col_grad(self, x: Tensor) -> bool:
         w, b = self.weight, self.bias

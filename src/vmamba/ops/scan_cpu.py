@@ -70,7 +70,9 @@ SCAN_OP = "vmamba::selective_scan_cpu"
 CROSS_SCAN_OP = "vmamba::cross_selective_scan_cpu"
 MAX_STATE = 64  # largest d_state the kernel takes (compiled in as VMAMBA_MAXN); larger ones go to "torch"
 MAX_RANK = 64   # largest step-size rank the kernel projects itself (its MAXR); larger ones are projected first
-_SOURCE = Path(__file__).parent / "cpu" / "selective_scan.cpp"
+_CPU_DIR = Path(__file__).parent / "cpu"
+_SOURCES = (_CPU_DIR / "selective_scan.cpp", _CPU_DIR / "depthwise_conv.cpp")  # compiled
+_FILES = _SOURCES + (_CPU_DIR / "vec.h",)  # copied into the build directory, part of its key
 
 _lock = threading.Lock()
 _ext = None
@@ -139,7 +141,8 @@ def _build_key(isa: str) -> str:
     # include and library paths, so two virtual environments sharing one cache would otherwise
     # rebuild each other's build (about 20 s) every time the other one had loaded it.
     h = hashlib.sha256()
-    h.update(_SOURCE.read_bytes())
+    for f in _FILES:
+        h.update(f.read_bytes())
     for part in (torch.__version__, os.path.dirname(torch.__file__), sys.version, _cpu_signature(), isa,
                  repr(build_attempts(isa))):
         h.update(part.encode())
@@ -197,15 +200,16 @@ def build_lock(build: Path):
                 msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
 
 
-def _source_in(build: Path) -> Path:
-    """The kernel source, copied into its build directory (the key covers its content): the
-    build records its source's path, so compiling the package's own file would rebuild the
-    cached kernel whenever another installation or checkout of the same source loads it."""
-    copy = build / _SOURCE.name
-    text = _SOURCE.read_bytes()
-    if not copy.is_file() or copy.read_bytes() != text:
-        copy.write_bytes(text)
-    return copy
+def _sources_in(build: Path) -> list:
+    """The kernel sources (and their header), copied into their build directory (the key covers
+    their content): the build records its sources' paths, so compiling the package's own files
+    would rebuild the cached kernel whenever another installation or checkout loads it."""
+    for f in _FILES:
+        copy = build / f.name
+        text = f.read_bytes()
+        if not copy.is_file() or copy.read_bytes() != text:
+            copy.write_bytes(text)
+    return [str(build / f.name) for f in _SOURCES]
 
 
 def load_extension():
@@ -233,7 +237,7 @@ def load_extension():
                     with warnings.catch_warnings(), build_lock(build):
                         warnings.simplefilter("ignore")
                         cpp_extension.load(
-                            name=f"vmamba_cpu_scan_{key}_{i}", sources=[str(_source_in(build))],
+                            name=f"vmamba_cpu_scan_{key}_{i}", sources=_sources_in(build),
                             extra_cflags=cflags, extra_ldflags=ldflags, build_directory=str(build),
                             verbose=False, is_python_module=False,
                         )

@@ -38,15 +38,15 @@
 #include <emmintrin.h>
 #endif
 
+#include "vec.h"
+
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int W = 16;
-#elif defined(__AVX__)
-constexpr int W = 8;
-#else
-constexpr int W = 4;
-#endif
+using vmamba_cpu::W;
+using vmamba_cpu::vf;
+using vmamba_cpu::vi;
+using vmamba_cpu::vset;
+
 #ifndef VMAMBA_MAXN
 #error "VMAMBA_MAXN (the largest d_state) is set by the build in vmamba/ops/scan_cpu.py (MAX_STATE)"
 #endif
@@ -55,10 +55,6 @@ constexpr int MAXN = VMAMBA_MAXN;  // largest state size (of the generic, non-sp
 constexpr int SB = 4;      // channel blocks per backward super-block, unless the problem has few (see sb)
 constexpr int64_t FEW_ITEMS = 4;  // fewer super-blocks of SB than this (batch * G * ceil(blocks / SB)): sb = 1
 
-typedef float vf __attribute__((vector_size(W * 4)));
-typedef int32_t vi __attribute__((vector_size(W * 4)));
-
-static inline vf vset(float s) { return vf{} + s; }
 #if defined(__AVX512F__)
 static inline vf vmax(vf a, vf b) { return (vf)_mm512_max_ps((__m512)a, (__m512)b); }
 static inline vf vmin(vf a, vf b) { return (vf)_mm512_min_ps((__m512)a, (__m512)b); }
