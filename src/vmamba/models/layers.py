@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import Conv2d, Linear, linear
+from ..ops import Conv2d, LayerNorm, Linear, linear
 
 
 class Permute(nn.Module):
@@ -127,7 +127,7 @@ def is_identity(dropout: nn.Module) -> bool:
 
 
 def _norm(dim: int, enabled: bool = True) -> nn.Module:
-    return nn.LayerNorm(dim, eps=1e-5) if enabled else nn.Identity()
+    return LayerNorm(dim, eps=1e-5) if enabled else nn.Identity()
 
 
 class PatchEmbedV1(nn.Sequential):
@@ -171,7 +171,7 @@ class PatchMerging2D(nn.Module):
     def __init__(self, dim: int, out_dim: int):
         super().__init__()
         self.reduction = Linear(4 * dim, out_dim, bias=False)
-        self.norm = nn.LayerNorm(4 * dim, eps=1e-5)
+        self.norm = LayerNorm(4 * dim, eps=1e-5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[1:3]
@@ -191,7 +191,7 @@ class ConvDownsample(nn.Sequential):
         conv = (Conv2d(dim, out_dim, kernel_size=2, stride=2) if version == "v2"
                 else Conv2d(dim, out_dim, kernel_size=3, stride=2, padding=1))
         super().__init__(Permute(0, 3, 1, 2), channels_last_conv(conv), Permute(0, 2, 3, 1),
-                         nn.LayerNorm(out_dim, eps=1e-5))
+                         LayerNorm(out_dim, eps=1e-5))
 
 
 def make_patch_embed(version: str, in_chans: int, dim: int, patch_size: int, norm: bool) -> nn.Module:

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import SCAN_MODES, Conv2d, Linear, cross_selective_scan, get_backend, linear
+from ..ops import SCAN_MODES, Conv2d, LayerNorm, Linear, cross_selective_scan, get_backend, linear
 from .layers import channels_last_conv, check_arg, is_identity, is_int, to_channels_first
 
 K_DIRECTIONS = 4
@@ -93,7 +93,7 @@ class SS2D(nn.Module):
         self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
         self.A_logs = nn.Parameter(torch.empty(k * d_inner, n))
         self.Ds = nn.Parameter(torch.empty(k * d_inner))
-        self.out_norm = nn.LayerNorm(d_inner, eps=1e-5)
+        self.out_norm = LayerNorm(d_inner, eps=1e-5)
         self.out_proj = Linear(d_inner, d_model, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_ssm_parameters()

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ..ops import Linear
+from ..ops import LayerNorm, Linear
 
 from .layers import (DropPath, Mlp, check_arg, hooked, is_identity, is_int, make_downsample, make_patch_embed,
                      to_channels_first)
@@ -53,11 +53,11 @@ class VSSBlock(nn.Module):
     def __init__(self, dim: int, drop_path: float = 0.0, mlp_ratio: float = 0.0,
                  mlp_drop_rate: float = 0.0, **ss2d_kwargs):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=1e-5)
+        self.norm = LayerNorm(dim, eps=1e-5)
         self.op = SS2D(dim, **ss2d_kwargs)
         self.drop_path = DropPath(drop_path)
         if mlp_ratio > 0:
-            self.norm2 = nn.LayerNorm(dim, eps=1e-5)
+            self.norm2 = LayerNorm(dim, eps=1e-5)
             self.mlp = Mlp(dim, int(dim * mlp_ratio), mlp_drop_rate)
         else:
             self.norm2 = self.mlp = None
@@ -107,7 +107,7 @@ class ClassifierHead(nn.Module):
         if global_pool not in ("avg", "max", ""):
             raise ValueError(f"global_pool must be 'avg', 'max' or '', got {global_pool!r}")
         self.global_pool = global_pool
-        self.norm = nn.LayerNorm(dim, eps=1e-5)
+        self.norm = LayerNorm(dim, eps=1e-5)
         self.drop = nn.Dropout(drop_rate)
         self.head = Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -398,7 +398,7 @@ class VSSMFeatures(nn.Module):
         self.layers = model.layers
         self.in_chans, self.dims = model.in_chans, model.dims
         for i in self.out_indices:
-            self.add_module(f"outnorm{i}", nn.LayerNorm(self.dims[i], eps=1e-5))
+            self.add_module(f"outnorm{i}", LayerNorm(self.dims[i], eps=1e-5))
         self.feature_info = FeatureInfo(model.feature_info[i] for i in self.out_indices)
         self.config = {**model.config, "num_classes": 0, "features_only": True, "out_indices": list(self.out_indices)}
         for attr in ("pretrained_cfg", "default_cfg", "model_name"):

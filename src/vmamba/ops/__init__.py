@@ -9,8 +9,9 @@ Layout, for a backend author:
   ids, argument conversions); a kernel backend imports that and ``backends`` only;
 * ``cross_scan.py``: cross-scan / cross-merge and the scan orders;
 * ``dense.py``: the dense layers' product, on oneDNN for CPU float32 where it is usable;
-* ``conv.py``: ``Conv2d``, ``nn.Conv2d`` with an im2col backward for its wide strided training
-  calls;
+* ``conv.py``: ``Conv2d``, ``nn.Conv2d`` with the CPU kernel's depthwise 3x3 convolution on small
+  channel-last maps and an im2col backward for its wide strided training calls;
+* ``norm.py``: ``LayerNorm``, ``nn.LayerNorm`` on the CPU kernel's LayerNorm for CPU float32 rows;
 * the backends: ``scan_reference.py`` and ``scan_torch.py`` (portable, on ``scan_common.py``),
   ``scan_cpu.py`` (C++ kernel in ``cpu/``) and ``scan_triton.py`` (``triton_kernels.py``).
 """
@@ -18,6 +19,7 @@ from .backends import ScanBackend, available_backends, get_backend, register_bac
 from .cross_scan import SCAN_MODES, cross_merge, cross_scan, scan_order
 from .cross_selective_scan import cross_selective_scan
 from .conv import Conv2d
+from .norm import LayerNorm, layer_norm
 from .dense import Linear, active_linear_backend, linear, linear_backend, linear_info, set_linear_backend
 from .scan_reference import selective_scan_reference
 from .scan_torch import selective_scan_torch
@@ -29,5 +31,5 @@ __all__ = [
     "selective_scan", "selective_scan_reference", "selective_scan_torch", "check_scan_inputs",
     "available_backends", "register_backend", "get_backend", "ScanBackend",
     "cross_scan", "cross_merge", "cross_selective_scan", "scan_order", "SCAN_MODES",
-    "Conv2d", "Linear", "linear", "linear_backend", "linear_info", "set_linear_backend", "active_linear_backend",
+    "Conv2d", "LayerNorm", "layer_norm", "Linear", "linear", "linear_backend", "linear_info", "set_linear_backend", "active_linear_backend",
 ]

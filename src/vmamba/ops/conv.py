@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .dense import _plain_call, _setting
 from .kernel_common import needs_grad, traced
+from .scan_cpu import load_extension
 
 # Largest batch x height x width a depthwise call sends to the CPU kernel. Interleaved against
 # oneDNN (benchmarks/bench_depthwise_conv.py), the kernel's forward and backward won
@@ -70,8 +71,6 @@ def depthwise_kernel_wins(x_shape, weight_shape, stride, padding, dilation, grou
 
 def _kernel():
     """vmamba's compiled CPU kernels (built on first use), or None where they cannot be built."""
-    from .scan_cpu import load_extension
-
     return load_extension()
 
 

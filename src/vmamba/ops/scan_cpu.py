@@ -12,7 +12,10 @@ for (``is_available()``, i.e. the first ``"auto"`` selection on a CPU tensor), w
 OpenMP for one instruction set chosen from the CPU at run time (``avx512``, ``avx2`` or
 ``generic``; ``$VMAMBA_CPU_ISA`` forces one), into a cache directory keyed on the source, the
 instruction set, torch, Python and the CPU (``$VMAMBA_CACHE`` or ``~/.cache/vmamba``); later
-processes load the cached build in milliseconds. The largest d_state (``MAX_STATE``) is defined
+processes load the cached build in milliseconds. The same build carries the depthwise 3x3
+convolution that ``vmamba.ops.Conv2d`` runs on small channel-last maps (``cpu/depthwise_conv.cpp``)
+and the LayerNorm of ``vmamba.ops.LayerNorm`` (``cpu/layer_norm.cpp``); the sources share
+``cpu/vec.h``. The largest d_state (``MAX_STATE``) is defined
 here only and compiled in (``-DVMAMBA_MAXN``). Where no working compiler is present, one warning is
 issued and the backend reports itself unavailable, so ``"auto"`` uses the ``"torch"`` backend
 instead. Importing vmamba never compiles anything. ``VMAMBA_CPU_KERNEL=0`` disables the kernel.
@@ -71,7 +74,7 @@ CROSS_SCAN_OP = "vmamba::cross_selective_scan_cpu"
 MAX_STATE = 64  # largest d_state the kernel takes (compiled in as VMAMBA_MAXN); larger ones go to "torch"
 MAX_RANK = 64   # largest step-size rank the kernel projects itself (its MAXR); larger ones are projected first
 _CPU_DIR = Path(__file__).parent / "cpu"
-_SOURCES = (_CPU_DIR / "selective_scan.cpp", _CPU_DIR / "depthwise_conv.cpp")  # compiled
+_SOURCES = tuple(_CPU_DIR / f for f in ("selective_scan.cpp", "depthwise_conv.cpp", "layer_norm.cpp"))  # compiled
 _FILES = _SOURCES + (_CPU_DIR / "vec.h",)  # copied into the build directory, part of its key
 
 _lock = threading.Lock()

@@ -46,6 +46,7 @@ using vmamba_cpu::W;
 using vmamba_cpu::vf;
 using vmamba_cpu::vi;
 using vmamba_cpu::vset;
+using vmamba_cpu::lane_sum;
 
 #ifndef VMAMBA_MAXN
 #error "VMAMBA_MAXN (the largest d_state) is set by the build in vmamba/ops/scan_cpu.py (MAX_STATE)"
@@ -824,20 +825,6 @@ static inline vf tree4(vf a, vf b) {  // the 16 sums
   return lo + hi;
 }
 #endif
-
-static inline float lane_sum(vf v) {
-#if defined(__AVX512F__)
-  return _mm512_reduce_add_ps((__m512)v);
-#elif defined(__AVX__)
-  const __m128 a = _mm_add_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
-  const __m128 b = _mm_add_ps(a, _mm_movehl_ps(a, a));
-  return _mm_cvtss_f32(_mm_add_ss(b, _mm_movehdup_ps(b)));
-#else
-  float s = 0.0f;
-  for (int w = 0; w < W; ++w) s += lanes(v)[w];
-  return s;
-#endif
-}
 
 #if defined(__AVX512F__)
 // s[0..7] twice and s[8..15] twice: the factors of pair_dot.
