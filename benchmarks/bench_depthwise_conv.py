@@ -129,6 +129,7 @@ def main(argv=None) -> None:
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, "
           f"kernel build {extension_info()['isa']}, oneDNN ISA limit {os.environ.get('ONEDNN_MAX_CPU_ISA', 'none')}")
     if not args.no_shapes:
+        bench_shape(*SHAPES[0], 3, ext)  # untimed warm-up: thread pool, allocator, caches
         print(f"{'batch x C x map':>16} {'infer oneDNN/kernel ms':>23} {'x':>6} {'train oneDNN/kernel ms':>23} "
               f"{'x':>6} {'max diff':>9}  kernel chosen")
         for batch, channels, size in SHAPES:

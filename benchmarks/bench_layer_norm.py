@@ -115,6 +115,7 @@ def main(argv=None) -> None:
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, "
           f"kernel build {extension_info()['isa']}, ATen CPU capability {torch.backends.cpu.get_cpu_capability()}")
     if not args.no_shapes:
+        bench_shape(*SHAPES[0], 3, ext)  # untimed warm-up: thread pool, allocator, caches
         print(f"{'rows x C':>12} {'forward ATen/kernel us':>23} {'x':>6} {'backward ATen/kernel us':>24} {'x':>6} "
               f"{'max diff':>9}")
         for rows, c in SHAPES:

@@ -11,6 +11,12 @@ from vmamba.ops import LayerNorm, layer_norm, linear_backend, norm as norm_mod, 
 
 needs_kernel = pytest.mark.skipif(not scan_cpu.is_available(), reason="the CPU kernel cannot be built here")
 
+
+@pytest.fixture(autouse=True)
+def kernel_at_every_size(monkeypatch):
+    """Small test inputs on the kernel too (the models send it only inputs of MIN_ELEMENTS and up)."""
+    monkeypatch.setattr(norm_mod, "MIN_ELEMENTS", 0)
+
 # (input shape, affine, bias): whole and partial SIMD vectors per row, one-row and tiny inputs
 CASES = [((2, 5, 7, 96), True, True), ((3, 77), True, True), ((1, 1, 13), True, False), ((4, 9, 48), False, False),
          ((6, 1536), True, True)]
@@ -84,7 +90,7 @@ def test_layer_norm_parameter_gradients_do_not_depend_on_threads():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("case", ["non-contiguous", "float64", "two-dims", "aten", "no-kernel", "flop-counter"])
+@pytest.mark.parametrize("case", ["non-contiguous", "float64", "two-dims", "aten", "no-kernel", "flop-counter", "small"])
 def test_layer_norm_plain_path_cases(case, monkeypatch):
     x = torch.randn(4, 6, 32, requires_grad=True)
     ln = LayerNorm(32)
@@ -96,6 +102,8 @@ def test_layer_norm_plain_path_cases(case, monkeypatch):
         ln = LayerNorm((6, 32))
     elif case == "no-kernel":
         monkeypatch.setattr(norm_mod, "_kernel", lambda: None)
+    elif case == "small":
+        monkeypatch.setattr(norm_mod, "MIN_ELEMENTS", x.numel() + 1)
     if case == "aten":
         with linear_backend("aten"):
             y = ln(x)

@@ -6,7 +6,8 @@ most of its time around such rows, and the kernel (``cpu/layer_norm.cpp``) runs 
 float32 rounding (the kernel sums in another order), same autograd, and the same saved mean and
 1 / std as ``torch.nn.functional.layer_norm``.
 
-Everything else runs ``F.layer_norm``: other dtypes and devices, non-contiguous inputs,
+Everything else runs ``F.layer_norm``: inputs under ``MIN_ELEMENTS`` values (where the kernel
+saves less than the checks before it cost), other dtypes and devices, non-contiguous inputs,
 normalisation over more than the last dimension, autocast, ``torch.compile`` / export / tracing,
 FLOP counting and other dispatch modes, ``linear_backend("aten")`` (the plain-ATen baseline), and
 a kernel that cannot be built here or is disabled (``VMAMBA_CPU_KERNEL=0``).
@@ -23,6 +24,12 @@ from torch import Tensor
 from .dense import _plain_call, _setting
 from .kernel_common import needs_grad, traced
 from .scan_cpu import load_extension
+
+
+# Smallest input (elements) the kernel takes: below it the calls are a few microseconds either way
+# and the checks before the kernel cost more than it saves (ATen's 10-18 us against the kernel's
+# 8-13 at 49 x 768 and 196 x 384 rows, 39 against 22 at 784 x 192; benchmarks/bench_layer_norm.py).
+MIN_ELEMENTS = 100_000
 
 
 def _kernel():
@@ -57,9 +64,10 @@ def layer_norm(x: Tensor, normalized_shape: Sequence[int], weight: Optional[Tens
     """``F.layer_norm(x, normalized_shape, weight, bias, eps)``: x (..., *normalized_shape),
     weight and bias of ``normalized_shape`` or None -> like x.
 
-    CPU float32 eager calls normalising the last dimension of a contiguous x run on the CPU
-    kernel (see the module's docstring); everything else is ``F.layer_norm``."""
-    if (type(x) is Tensor and x.dtype is torch.float32 and x.device.type == "cpu" and len(normalized_shape) == 1
+    CPU float32 eager calls normalising the last dimension of a contiguous x of at least
+    ``MIN_ELEMENTS`` values run on the CPU kernel (see the module's docstring); everything else
+    is ``F.layer_norm``."""
+    if (x.numel() >= MIN_ELEMENTS and type(x) is Tensor and x.dtype is torch.float32 and x.device.type == "cpu" and len(normalized_shape) == 1
             and x.dim() >= 1 and x.shape[-1] == normalized_shape[0] and x.is_contiguous()
             and _is_f32_cpu(weight) and _is_f32_cpu(bias) and not torch.is_autocast_enabled("cpu")
             and not _plain_call() and not traced(x, weight, bias) and _setting() != "aten"):
