@@ -108,8 +108,9 @@ def test_the_build_carries_pythons_state_limit():
 
 
 # Run in a fresh process with VMAMBA_CPU_ISA set: the plain scan (with z), the fused cross-scan and
-# a plain scan at the edges of softplus and the decay exp against the float64 reference, forward and
-# gradients; prints the build's facts and the errors.
+# a plain scan at the edges of softplus and the decay exp against the float64 reference, and the
+# build's depthwise convolution and LayerNorm against float64 ATen, forward and gradients; prints
+# the build's facts and the errors.
 FORCED = textwrap.dedent("""
     import json, sys, torch
     sys.path.insert(0, sys.argv[1])
@@ -163,6 +164,30 @@ FORCED = textwrap.dedent("""
     nan_match = torch.equal(y_nan[0].isnan(), y_nan[1].isnan())
     keep = ~y_nan[1].isnan()
     errors.append(err(y_nan[0][keep], y_nan[1][keep]))
+    # the build's other kernels: the depthwise 3x3 convolution and LayerNorm (odd channel counts:
+    # whole vectors and a tail), outputs and every gradient against float64 ATen
+    import torch.nn.functional as F
+    from vmamba.ops import norm as norm_mod
+    from vmamba.ops.conv import _DepthwiseConv3x3
+    ext = scan_cpu.load_extension()
+    norm_mod.MIN_ELEMENTS = 0
+    for c in (24, 37):
+        x, k, bias = r(2, c, 7, 9).contiguous(memory_format=torch.channels_last), r(c, 1, 3, 3), r(c)
+        gy = r(2, c, 7, 9)
+        outs = []
+        for dtype in (torch.float32, torch.float64):
+            args = [t.to(dtype).requires_grad_() for t in (x, k, bias)]
+            y = (_DepthwiseConv3x3.apply(*args, ext) if dtype == torch.float32
+                 else F.conv2d(args[0], args[1], args[2], 1, 1, 1, c))
+            outs.append([y] + list(torch.autograd.grad((y * gy.to(dtype)).sum(), args)))
+        errors.append(max(err(a, b_) for a, b_ in zip(*outs)))
+        xs, ws, bs, gs = r(5, 3, c) * 2 + 1, r(c), r(c), r(5, 3, c)
+        outs = []
+        for dtype in (torch.float32, torch.float64):
+            args = [t.to(dtype).requires_grad_() for t in (xs, ws, bs)]
+            y = norm_mod.layer_norm(args[0], (c,), args[1], args[2])
+            outs.append([y] + list(torch.autograd.grad((y * gs.to(dtype)).sum(), args)))
+        errors.append(max(err(a, b_) for a, b_ in zip(*outs)))
     info = scan_cpu.extension_info()
     print(json.dumps(dict(isa=info["isa"], lanes=info["lanes"], errors=errors, nan_match=nan_match)))
 """)
