@@ -26,6 +26,8 @@ import vmamba  # noqa: E402
 
 # op name (substring, lower case) -> group; the first match wins
 GROUPS = [
+    ("norm", ("vmamba_cpu_kernel::layer_norm",)),      # the CPU kernel's other ops, before "scan"
+    ("conv", ("vmamba_cpu_kernel::depthwise", "_depthwiseconv")),
     ("scan", ("selective_scan", "vmamba::", "vmamba_cpu")),
     ("matmul", ("addmm", "aten::mm", "aten::bmm", "matmul", "linear", "baddbmm", "_mkl")),
     ("conv", ("conv", "mkldnn_convolution")),
@@ -95,7 +97,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size)
-    groups = [g for g, _ in GROUPS] + ["other"]
+    groups = list(dict.fromkeys(g for g, _ in GROUPS)) + ["other"]
     rows = []
     for name in args.models:
         try:
