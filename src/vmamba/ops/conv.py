@@ -189,13 +189,14 @@ class Conv2d(nn.Conv2d):
     def _depthwise_kernel(self, x: Tensor):
         """The CPU kernels' module if this call runs on their depthwise convolution, else None."""
         w, b = self.weight, self.bias
-        if not (self.groups > 1 and self.groups == self.in_channels and type(x) is torch.Tensor
+        # compiled, exported and traced calls first: the size test would put a guard on a symbolic shape
+        if not (not _plain_call() and self.groups > 1 and self.groups == self.in_channels and type(x) is torch.Tensor
                 and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
                 and depthwise_kernel_wins(x.shape, w.shape, self.stride, self.padding, self.dilation, self.groups)
                 and x.permute(0, 2, 3, 1).is_contiguous() and w.dtype == torch.float32 and w.device.type == "cpu"
                 and w.is_contiguous() and (b is None or (b.dtype == torch.float32 and b.device.type == "cpu"))
                 and self.padding_mode == "zeros" and not torch.is_autocast_enabled("cpu")
-                and not _plain_call() and not traced(x, w, b) and _setting() != "aten"):
+                and not traced(x, w, b) and _setting() != "aten"):
             return None
         return _kernel()
 

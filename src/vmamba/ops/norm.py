@@ -67,10 +67,11 @@ def layer_norm(x: Tensor, normalized_shape: Sequence[int], weight: Optional[Tens
     CPU float32 eager calls normalising the last dimension of a contiguous x of at least
     ``MIN_ELEMENTS`` values run on the CPU kernel (see the module's docstring); everything else
     is ``F.layer_norm``."""
-    if (x.numel() >= MIN_ELEMENTS and type(x) is Tensor and x.dtype is torch.float32 and x.device.type == "cpu" and len(normalized_shape) == 1
-            and x.dim() >= 1 and x.shape[-1] == normalized_shape[0] and x.is_contiguous()
-            and _is_f32_cpu(weight) and _is_f32_cpu(bias) and not torch.is_autocast_enabled("cpu")
-            and not _plain_call() and not traced(x, weight, bias) and _setting() != "aten"):
+    # compiled, exported and traced calls first: the size test would put a guard on a symbolic shape
+    if (not _plain_call() and x.numel() >= MIN_ELEMENTS and type(x) is Tensor and x.dtype is torch.float32
+            and x.device.type == "cpu" and len(normalized_shape) == 1 and x.dim() >= 1
+            and x.shape[-1] == normalized_shape[0] and x.is_contiguous() and _is_f32_cpu(weight) and _is_f32_cpu(bias)
+            and not torch.is_autocast_enabled("cpu") and not traced(x, weight, bias) and _setting() != "aten"):
         ext = _kernel()
         if ext is not None:
             if needs_grad(x, weight, bias):
