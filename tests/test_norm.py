@@ -139,3 +139,38 @@ def test_layer_norm_op_names_bad_input():
         ext.layer_norm_backward(torch.randn(5, 9), x, mean, rstd, w, True, True, True)
     with pytest.raises(RuntimeError, match="mean and rstd"):
         ext.layer_norm_backward(torch.randn(5, 8), x, mean[:3], rstd, w, True, True, True)
+
+
+def test_models_match_with_the_cpu_kernel_disabled(tmp_path):
+    # VMAMBA_CPU_KERNEL=0 (or no compiler): the scan on the "torch" backend, the depthwise convolutions
+    # and LayerNorms on ATen; the same logits and gradients as with the kernel
+    import os
+    import subprocess
+    import sys
+
+    import vmamba
+
+    torch.manual_seed(0)
+    model = vmamba.create_model("vmamba_tiny_s1l8", dims=16, depths=(1, 1), num_classes=5, drop_path_rate=0.0)
+    x = torch.randn(2, 3, 64, 64)
+    torch.save({"state": model.state_dict(), "x": x}, tmp_path / "in.pt")
+    code = f"""
+import torch, vmamba
+from vmamba.ops import scan_cpu
+d = torch.load({str(tmp_path / 'in.pt')!r})
+model = vmamba.create_model("vmamba_tiny_s1l8", dims=16, depths=(1, 1), num_classes=5, drop_path_rate=0.0)
+model.load_state_dict(d["state"])
+y = model(d["x"])
+y.square().sum().backward()
+assert scan_cpu.load_extension() is None and "VMAMBA_CPU_KERNEL" in scan_cpu.extension_info()["error"]
+torch.save({{"y": y.detach(), "g": {{n: p.grad for n, p in model.named_parameters()}}}}, {str(tmp_path / 'out.pt')!r})
+"""
+    env = dict(os.environ, VMAMBA_CPU_KERNEL="0")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    y = model(x)
+    y.square().sum().backward()
+    out = torch.load(tmp_path / "out.pt")
+    torch.testing.assert_close(out["y"], y.detach(), rtol=1e-4, atol=1e-4)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(out["g"][name], p.grad, rtol=1e-3, atol=1e-3, msg=name)

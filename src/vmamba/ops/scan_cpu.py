@@ -261,7 +261,8 @@ def load_extension():
         _ext_info["error"] = "; ".join(errors)
         warnings.warn(
             "vmamba: the fused CPU selective-scan kernel could not be compiled (is a C++ compiler "
-            "installed?), so the slower portable 'torch' backend is used instead. "
+            "installed?), so the slower portable 'torch' backend is used instead (and ATen for the "
+            "models' depthwise convolutions and LayerNorms). "
             f"Details: {_ext_info['error'][:600]}",
             RuntimeWarning, stacklevel=2,
         )
