@@ -3,8 +3,8 @@
 * Depthwise 3x3 convolutions (stride 1, padding 1: SS2D's) of channel-last maps with at most
   ``DEPTHWISE_MAX_PIXELS`` pixels in the batch run on vmamba's CPU kernel (forward and backward,
   ``cpu/depthwise_conv.cpp``): oneDNN spends tens of microseconds per call whatever the map, and
-  its backward several times its forward, 2-5x the kernel's time on the maps of a batch-1
-  VMamba (docs/cpu.md, "Depthwise convolutions").
+  its backward several times its forward: 1.2-3.5x the kernel's forward and 1.1-1.7x its
+  forward + backward on the maps of a batch-1 VMamba (docs/cpu.md, "Depthwise convolutions").
 * Training calls of a wide strided convolution on a small output (the last downsamplers, see
   :func:`im2col_grad_wins`) keep oneDNN's forward but compute the backward as two MKL products
   on the im2col matrix: oneDNN's backward, with the copy of its weight gradient into the
@@ -35,9 +35,9 @@ from .kernel_common import needs_grad, traced
 from .scan_cpu import load_extension
 
 # Largest batch x height x width a depthwise call sends to the CPU kernel. Interleaved against
-# oneDNN (benchmarks/bench_depthwise_conv.py), the kernel's forward and backward won
-# at every map of a batch-1 224-px VMamba (1.3-5x, AVX-512 and AVX2 builds) and at batch 8 on
-# 14 x 14; on larger maps the AVX2 build's forward lost (0.7x at 128 x 128 and 8 x 56 x 56).
+# oneDNN (benchmarks/bench_depthwise_conv.py), the kernel won at every map of a batch-1 224-px
+# VMamba and at batch 8 on 14 x 14 and 7 x 7 (AVX-512 and AVX2 builds); on larger maps it tied or
+# lost (AVX-512 forward 0.87x at 128 x 128; AVX2 forward + backward 0.8x there and at 8 x 56 x 56).
 DEPTHWISE_MAX_PIXELS = 4096
 
 # Thresholds of the im2col backward, from an interleaved micro-benchmark of oneDNN's backward

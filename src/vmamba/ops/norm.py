@@ -2,7 +2,7 @@
 
 The models normalise channel-last rows of C = 48 .. 1536 values; ATen's CPU LayerNorm spends
 most of its time around such rows, and the kernel (``cpu/layer_norm.cpp``) runs its forward
-1.4-2x and its backward 1.1-2x faster on them (docs/cpu.md, "LayerNorm"). Same values up to
+1.3-1.9x and its backward mostly 1.3-2x faster on them (docs/cpu.md, "LayerNorm"). Same values up to
 float32 rounding (the kernel sums in another order), same autograd, and the same saved mean and
 1 / std as ``torch.nn.functional.layer_norm``.
 

@@ -1,8 +1,8 @@
 // Depthwise 3x3 convolution (stride 1, padding 1) of channel-last maps, forward and backward, for
 // vmamba's CPU kernels (SS2D's convolution). oneDNN's depthwise convolution costs tens of
 // microseconds per call whatever the size, and its backward several times its forward: on the
-// small maps of a VMamba's later stages that is 3-5x the arithmetic (docs/cpu.md, "Depthwise
-// convolutions").
+// small maps of a batch-1 VMamba that is several times this kernel's time (docs/cpu.md,
+// "Depthwise convolutions").
 //
 // Layout: x (B, H, Wd, C) contiguous, channels innermost, so the W channels of a vector are the
 // lanes of one load; the taps k (9, C), tap-major (row i, column j at i * 3 + j).

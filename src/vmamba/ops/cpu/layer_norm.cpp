@@ -1,7 +1,8 @@
 // LayerNorm over the last dimension of a contiguous float32 tensor, forward and backward, for
 // vmamba's CPU kernels. ATen's CPU kernel spends most of its time around rows of VMamba's sizes
-// (C = 48 .. 1536): this one keeps a row in vectors from L1 and reduces with lane sums, 1.4-2x
-// ATen's forward and 1.1-2x its backward on those shapes (docs/cpu.md, "LayerNorm").
+// (C = 48 .. 1536): this one keeps a row in vectors from L1 and reduces with lane sums: 1.3-1.9x
+// ATen's forward and mostly 1.3-2x its backward on the inputs the models send it (docs/cpu.md,
+// "LayerNorm").
 //
 // Forward: y = (x - mean) * rstd * weight + bias per row, mean and rstd = 1 / sqrt(var + eps)
 // (biased variance, two passes over the row: the mean, then the centred squares) returned for
