@@ -4,7 +4,11 @@ For each model (zoo names, or timm names with ``timm:`` in front), one warm-up a
 profiled steps (inference, or a training step: forward, cross-entropy, backward) at the given
 size, batch and thread count; prints the self CPU time per step of each op group (matmul, scan,
 conv, norm, activation, copy/layout, elementwise, other) in ms and as a share of the step, so the
-arithmetic every backbone shares (matmul) can be told from what only one of them pays.
+arithmetic every backbone shares (matmul) can be told from what only one of them pays; then the
+per-step overhead figures: the profiled wall ms, the number of top-level ATen ops (those no other
+op called) and the wall time outside them (Python and dispatch between the ops, inflated by the
+profiler's own cost per op; for training steps approximate, autograd's backward ops running in
+another thread).
 
 Usage: ``python benchmarks/profile_model.py [--models vmamba_tiny_s1l8 timm:swin_tiny_patch4_window7_224 ...]
 [--size 224] [--batch 1] [--threads 2] [--train] [--preload FILE]``
@@ -16,6 +20,7 @@ import collections
 import os
 import runpy
 import sys
+import time
 
 import torch
 
@@ -57,8 +62,10 @@ def build(name: str):
     return vmamba.create_model(name, num_classes=1000).eval()
 
 
-def profile(model, x, train: bool, reps: int) -> tuple[dict, float]:
-    """Self CPU ms per group per step, and the profiled wall ms per step."""
+def profile(model, x, train: bool, reps: int) -> tuple[dict, float, dict]:
+    """Self CPU ms per group per step, their total, and the step's overhead figures: profiled wall
+    ms, top-level ops (those not called by another op) and the wall time outside them (Python and
+    dispatch between the ops, inflated by the profiler's own cost per op), per step."""
     target = torch.zeros(x.shape[0], dtype=torch.long)
 
     def step():
@@ -72,13 +79,20 @@ def profile(model, x, train: bool, reps: int) -> tuple[dict, float]:
 
     step()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
         for _ in range(reps):
             step()
+        wall = (time.perf_counter() - start) * 1e3 / reps
     per_group = collections.Counter()
     for ev in prof.key_averages():
         per_group[group_of(ev.key)] += ev.self_cpu_time_total / 1e3 / reps
     total = sum(per_group.values())
-    return dict(per_group), total
+    # the main thread's top-level ops (autograd's backward runs in its own thread: training steps
+    # count the forward's ops and the backward's nodes separately, so "between ops" is approximate)
+    top = [ev for ev in prof.events() if ev.cpu_parent is None and ev.thread == prof.events()[0].thread]
+    in_ops = sum(ev.cpu_time_total for ev in top) / 1e3 / reps
+    overhead = {"wall (profiled)": wall, "top-level ops": len(top) / reps, "between ops": wall - in_ops}
+    return dict(per_group), total, overhead
 
 
 def main(argv=None) -> None:
@@ -105,15 +119,19 @@ def main(argv=None) -> None:
         except Exception as e:  # timm missing or unimportable: say so, profile the rest
             print(f"{name}: skipped ({type(e).__name__}: {e})")
             continue
-        per_group, total = profile(model, x, args.train, args.reps)
-        rows.append((name, per_group, total))
+        per_group, total, overhead = profile(model, x, args.train, args.reps)
+        rows.append((name, per_group, total, overhead))
     kind = "training step" if args.train else "inference"
     print(f"{kind}, {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, torch {torch.__version__}; "
           "self CPU ms per step (share)")
-    print(f"{'group':<12}" + "".join(f"{n.replace('timm:', '')[:22]:>24}" for n, _, _ in rows))
+    print(f"{'group':<12}" + "".join(f"{n.replace('timm:', '')[:22]:>24}" for n, _, _, _ in rows))
     for g in groups:
-        print(f"{g:<12}" + "".join(f"{pg.get(g, 0.0):>15.1f} ({100 * pg.get(g, 0.0) / t:4.1f}%)" for _, pg, t in rows))
-    print(f"{'total':<12}" + "".join(f"{t:>24.1f}" for _, _, t in rows))
+        print(f"{g:<12}" + "".join(f"{pg.get(g, 0.0):>15.1f} ({100 * pg.get(g, 0.0) / t:4.1f}%)"
+                                   for _, pg, t, _ in rows))
+    print(f"{'total':<12}" + "".join(f"{t:>24.1f}" for _, _, t, _ in rows))
+    for key in ("wall (profiled)", "top-level ops", "between ops"):
+        print(f"{key:<16}" + "".join(f"{o[key]:>20.1f}" + ("    " if key != "top-level ops" else "    ")
+                                     for _, _, _, o in rows).rstrip())
 
 
 if __name__ == "__main__":
