@@ -47,6 +47,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = "src/vmamba/ops/cpu/selective_scan.cpp"
+HEADER = "src/vmamba/ops/cpu/vec.h"
 PLAIN = {  # name: (D, L, N, batch, z gate)
     "s1": (768, 3136, 16, 1, False), "s2": (1536, 784, 16, 1, False), "s3": (3072, 196, 16, 1, False),
     "s4": (6144, 49, 16, 1, False), "v2": (384, 3136, 1, 1, False), "s2z": (1536, 784, 16, 1, True),
@@ -58,14 +59,25 @@ CROSS = {  # name: (D, H, W, N, batch)
 }
 
 
-def kernel_source(rev: str | None) -> str:
-    """The kernel source at a git revision, in a .cpp file of that name, or in the working tree (None)."""
+def _revision_file(rev: str | None, path: str) -> str:
+    """A file of the repository at a git revision, or in the working tree (None)."""
     if rev is None:
-        return (ROOT / SOURCE).read_text()
-    if rev.endswith(".cpp") and Path(rev).is_file():
-        return Path(rev).read_text()
-    return subprocess.run(["git", "show", f"{rev}:{SOURCE}"], cwd=ROOT, check=True, capture_output=True,
+        return (ROOT / path).read_text()
+    return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, capture_output=True,
                           text=True).stdout
+
+
+def kernel_source(rev: str | None) -> str:
+    """The kernel source at a git revision, in a .cpp file of that name, or in the working tree (None),
+    with the shared header it includes (``cpu/vec.h``, since 2026-12-08) inlined from the same place,
+    so the build needs no other file."""
+    if rev is not None and rev.endswith(".cpp") and Path(rev).is_file():
+        source, header = Path(rev).read_text(), Path(rev).with_name("vec.h")
+        header_text = header.read_text() if header.is_file() else _revision_file(None, HEADER)
+    else:
+        source = _revision_file(rev, SOURCE)
+        header_text = _revision_file(rev, HEADER) if '#include "vec.h"' in source else ""
+    return source.replace('#include "vec.h"', header_text)
 
 
 def build(tag: str, source: str, isa: str):
