@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 
 import vmamba  # noqa: E402
 import vmamba.ops.conv as conv_mod  # noqa: E402
+from ab import interleaved_step_ms  # noqa: E402  (benchmarks/ab.py, beside this script)
 
 # (C_in, C_out, input H = W): 3x3 stride 2 padding 1 convolutions of the zoo (tiny at 224 px: the
 # stem's two, the three downsamplers; base's last two; the last one at 512 and 1024 px)
@@ -87,19 +88,14 @@ def bench_model(name: str, batch: int, rounds: int) -> tuple[float, float]:
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), target).backward()
 
-    times: dict[str, list[float]] = {"oneDNN": [], "im2col": []}
+    def use(k):
+        return lambda: setattr(conv_mod, "IM2COL_MIN_K", k)
+
     try:
-        for r in range(rounds + 1):
-            for variant in (("oneDNN", "im2col") if r % 2 == 0 else ("im2col", "oneDNN")):
-                conv_mod.IM2COL_MIN_K = 1 << 30 if variant == "oneDNN" else on
-                step()  # untimed: the allocator and caches settle for this variant
-                t0 = time.perf_counter()
-                step()
-                if r > 0:
-                    times[variant].append(time.perf_counter() - t0)
+        ms = interleaved_step_ms(step, {"oneDNN": use(1 << 30), "im2col": use(on)}, rounds)
     finally:
         conv_mod.IM2COL_MIN_K = on
-    return statistics.median(times["oneDNN"]) * 1e3, statistics.median(times["im2col"]) * 1e3
+    return ms["oneDNN"], ms["im2col"]
 
 
 def main(argv=None) -> None:

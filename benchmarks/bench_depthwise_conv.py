@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -33,23 +31,11 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 import vmamba  # noqa: E402
 import vmamba.ops.conv as conv_mod  # noqa: E402
 from vmamba.ops.scan_cpu import extension_info, load_extension  # noqa: E402
+from ab import interleaved_step_ms, median_pair  # noqa: E402  (benchmarks/ab.py, beside this script)
 
 # (batch, channels, map side): vmamba_tiny_s1l8's four stages at 224 px (batch 1 and 8) and 512 px
 SHAPES = [(1, 96, 56), (1, 192, 28), (1, 384, 14), (1, 768, 7), (8, 96, 56), (8, 192, 28), (8, 384, 14),
           (8, 768, 7), (1, 96, 128), (1, 192, 64), (1, 384, 32), (1, 768, 16)]
-
-
-def _median_pair(run_a, run_b, rounds: int) -> tuple[float, float]:
-    """Median ms of two callables, interleaved (the order alternates each round)."""
-    times = ([], [])
-    for fn in (run_a, run_b):
-        fn()
-    for r in range(rounds):
-        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
-            t0 = time.perf_counter()
-            (run_a, run_b)[i]()
-            times[i].append(time.perf_counter() - t0)
-    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
 
 
 def bench_shape(batch: int, channels: int, size: int, rounds: int, ext) -> tuple[float, float, float, float, float]:
@@ -76,10 +62,10 @@ def bench_shape(batch: int, channels: int, size: int, rounds: int, ext) -> tuple
     err = max(((r - n).abs().max() / r.abs().max().clamp_min(1e-12)).item() for r, n in zip(ref, new))
     with torch.inference_mode():
         taps = conv_mod._taps(w)
-        infer = _median_pair(lambda: F.conv2d(x, w, b, 1, 1, 1, channels),
-                             lambda: conv_mod._depthwise_forward(ext, x, taps, b), rounds)
-    training = _median_pair(lambda: train("oneDNN"), lambda: train("kernel"), rounds)
-    return (*infer, *training, err)
+        infer = median_pair(lambda: F.conv2d(x, w, b, 1, 1, 1, channels),
+                            lambda: conv_mod._depthwise_forward(ext, x, taps, b), rounds)
+    training = median_pair(lambda: train("oneDNN"), lambda: train("kernel"), rounds)
+    return (*(t * 1e3 for t in infer), *(t * 1e3 for t in training), err)
 
 
 def bench_model(name: str, batch: int, mode: str, rounds: int) -> tuple[float, float]:
@@ -99,19 +85,14 @@ def bench_model(name: str, batch: int, mode: str, rounds: int) -> tuple[float, f
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), target).backward()
 
-    times: dict[str, list[float]] = {"oneDNN": [], "kernel": []}
+    def use(pixels):
+        return lambda: setattr(conv_mod, "DEPTHWISE_MAX_PIXELS", pixels)
+
     try:
-        for r in range(rounds + 1):
-            for variant in (("oneDNN", "kernel") if r % 2 == 0 else ("kernel", "oneDNN")):
-                conv_mod.DEPTHWISE_MAX_PIXELS = 0 if variant == "oneDNN" else on
-                step()  # untimed: the allocator and caches settle for this variant
-                t0 = time.perf_counter()
-                step()
-                if r > 0:
-                    times[variant].append(time.perf_counter() - t0)
+        ms = interleaved_step_ms(step, {"oneDNN": use(0), "kernel": use(on)}, rounds)
     finally:
         conv_mod.DEPTHWISE_MAX_PIXELS = on
-    return statistics.median(times["oneDNN"]) * 1e3, statistics.median(times["kernel"]) * 1e3
+    return ms["oneDNN"], ms["kernel"]
 
 
 def main(argv=None) -> None:

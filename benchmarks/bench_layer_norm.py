@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -31,22 +29,10 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 import vmamba  # noqa: E402
 import vmamba.ops.norm as norm_mod  # noqa: E402
 from vmamba.ops.scan_cpu import extension_info, load_extension  # noqa: E402
+from ab import interleaved_step_ms, median_pair  # noqa: E402  (benchmarks/ab.py, beside this script)
 
 # (rows, C): vmamba_tiny_s1l8's stages at 224 px batch 1 and 8, its stem, stage 1 at 512 px
 SHAPES = [(3136, 96), (784, 192), (196, 384), (49, 768), (12544, 48), (25088, 96), (1568, 384), (16384, 96)]
-
-
-def _median_pair(run_a, run_b, rounds: int) -> tuple[float, float]:
-    """Median microseconds of two callables, interleaved (the order alternates each round)."""
-    times = ([], [])
-    for fn in (run_a, run_b):
-        fn()
-    for r in range(rounds):
-        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
-            t0 = time.perf_counter()
-            (run_a, run_b)[i]()
-            times[i].append(time.perf_counter() - t0)
-    return statistics.median(times[0]) * 1e6, statistics.median(times[1]) * 1e6
 
 
 def bench_shape(rows: int, c: int, rounds: int, ext) -> tuple[float, float, float, float, float]:
@@ -59,11 +45,11 @@ def bench_shape(rows: int, c: int, rounds: int, ext) -> tuple[float, float, floa
     ref = torch.ops.aten.native_layer_norm_backward(dy, x, [c], mean, rstd, w, b, [True, True, True])
     got = ext.layer_norm_backward(dy, x, mean2, rstd2, w, True, True, True)
     err = max(((r - n).abs().max() / r.abs().max().clamp_min(1e-12)).item() for r, n in zip((y, *ref), (y2, *got)))
-    fwd = _median_pair(lambda: torch.ops.aten.native_layer_norm(x, [c], w, b, 1e-5),
-                       lambda: ext.layer_norm(x, w, b, 1e-5), rounds)
-    bwd = _median_pair(lambda: torch.ops.aten.native_layer_norm_backward(dy, x, [c], mean, rstd, w, b, [True] * 3),
-                       lambda: ext.layer_norm_backward(dy, x, mean2, rstd2, w, True, True, True), rounds)
-    return (*fwd, *bwd, err)
+    fwd = median_pair(lambda: torch.ops.aten.native_layer_norm(x, [c], w, b, 1e-5),
+                      lambda: ext.layer_norm(x, w, b, 1e-5), rounds)
+    bwd = median_pair(lambda: torch.ops.aten.native_layer_norm_backward(dy, x, [c], mean, rstd, w, b, [True] * 3),
+                      lambda: ext.layer_norm_backward(dy, x, mean2, rstd2, w, True, True, True), rounds)
+    return (*(t * 1e6 for t in fwd), *(t * 1e6 for t in bwd), err)
 
 
 def bench_model(name: str, batch: int, size: int, mode: str, rounds: int) -> tuple[float, float]:
@@ -71,7 +57,7 @@ def bench_model(name: str, batch: int, size: int, mode: str, rounds: int) -> tup
     model = vmamba.create_model(name, drop_path_rate=0.0)
     x = torch.randn(batch, 3, size, size)
     target = torch.zeros(batch, dtype=torch.long)
-    kernel = norm_mod._kernel
+    kernel = norm_mod.load_extension
 
     def step():
         if mode == "infer":
@@ -83,19 +69,14 @@ def bench_model(name: str, batch: int, size: int, mode: str, rounds: int) -> tup
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), target).backward()
 
-    times: dict[str, list[float]] = {"ATen": [], "kernel": []}
+    def use(kernel_fn):
+        return lambda: setattr(norm_mod, "load_extension", kernel_fn)
+
     try:
-        for r in range(rounds + 1):
-            for variant in (("ATen", "kernel") if r % 2 == 0 else ("kernel", "ATen")):
-                norm_mod._kernel = kernel if variant == "kernel" else (lambda: None)
-                step()  # untimed: the allocator and caches settle for this variant
-                t0 = time.perf_counter()
-                step()
-                if r > 0:
-                    times[variant].append(time.perf_counter() - t0)
+        ms = interleaved_step_ms(step, {"ATen": use(lambda: None), "kernel": use(kernel)}, rounds)
     finally:
-        norm_mod._kernel = kernel
-    return statistics.median(times["ATen"]) * 1e3, statistics.median(times["kernel"]) * 1e3
+        norm_mod.load_extension = kernel
+    return ms["ATen"], ms["kernel"]
 
 
 def main(argv=None) -> None:

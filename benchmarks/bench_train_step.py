@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 import vmamba  # noqa: E402
 from vmamba.models.layers import DropPath  # noqa: E402
 from vmamba.utils import cpu_info  # noqa: E402
+from ab import interleaved_step_ms  # noqa: E402  (benchmarks/ab.py, beside this script)
 
 
 def optimizer_step_ms(model, reps: int = 15) -> dict[str, float]:
@@ -66,19 +67,14 @@ def drop_path_ab(model, batch: int, rounds: int) -> tuple[float, float]:
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), target).backward()
 
-    times: dict[str, list[float]] = {"unfused": [], "add_to": []}
+    def use(add_to):
+        return lambda: setattr(DropPath, "add_to", add_to)
+
     try:
-        for r in range(rounds + 1):
-            for variant in (("unfused", "add_to") if r % 2 == 0 else ("add_to", "unfused")):
-                DropPath.add_to = fused if variant == "add_to" else unfused
-                step()  # untimed: the allocator settles for this variant
-                t0 = time.perf_counter()
-                step()
-                if r > 0:
-                    times[variant].append(time.perf_counter() - t0)
+        ms = interleaved_step_ms(step, {"unfused": use(unfused), "add_to": use(fused)}, rounds)
     finally:
         DropPath.add_to = fused
-    return statistics.median(times["unfused"]) * 1e3, statistics.median(times["add_to"]) * 1e3
+    return ms["unfused"], ms["add_to"]
 
 
 def main(argv=None) -> None:

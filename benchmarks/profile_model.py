@@ -89,7 +89,9 @@ def profile(model, x, train: bool, reps: int) -> tuple[dict, float, dict]:
     total = sum(per_group.values())
     # the main thread's top-level ops (autograd's backward runs in its own thread: training steps
     # count the forward's ops and the backward's nodes separately, so "between ops" is approximate)
-    top = [ev for ev in prof.events() if ev.cpu_parent is None and ev.thread == prof.events()[0].thread]
+    events = prof.events()
+    main_thread = events[0].thread
+    top = [ev for ev in events if ev.cpu_parent is None and ev.thread == main_thread]
     in_ops = sum(ev.cpu_time_total for ev in top) / 1e3 / reps
     overhead = {"wall (profiled)": wall, "top-level ops": len(top) / reps, "between ops": wall - in_ops}
     return dict(per_group), total, overhead
