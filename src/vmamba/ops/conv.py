@@ -69,11 +69,6 @@ def depthwise_kernel_wins(x_shape, weight_shape, stride, padding, dilation, grou
             and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1) and 0 < b * h * w <= DEPTHWISE_MAX_PIXELS)
 
 
-def _kernel():
-    """vmamba's compiled CPU kernels (built on first use), or None where they cannot be built."""
-    return load_extension()
-
-
 def _depthwise_forward(ext, x: Tensor, taps: Tensor, bias: Optional[Tensor]) -> Tensor:
     """x (B, C, H, W) channel-last in memory, taps (9, C) -> (B, C, H, W), channel-last in memory."""
     return ext.depthwise3x3(x.permute(0, 2, 3, 1), taps, bias).permute(0, 3, 1, 2)
@@ -198,7 +193,7 @@ class Conv2d(nn.Conv2d):
                 and self.padding_mode == "zeros" and not torch.is_autocast_enabled("cpu")
                 and not traced(x, w, b) and _setting() != "aten"):
             return None
-        return _kernel()
+        return load_extension()  # built on first use; None where it cannot be built
 
     def _takes_im2col_grad(self, x: Tensor) -> bool:
         w, b = self.weight, self.bias

@@ -32,11 +32,6 @@ from .scan_cpu import load_extension
 MIN_ELEMENTS = 100_000
 
 
-def _kernel():
-    """vmamba's compiled CPU kernels (built on first use), or None where they cannot be built."""
-    return load_extension()
-
-
 def _is_f32_cpu(t: Optional[Tensor]) -> bool:
     return t is None or (t.dtype is torch.float32 and t.device.type == "cpu" and t.is_contiguous())
 
@@ -72,7 +67,7 @@ def layer_norm(x: Tensor, normalized_shape: Sequence[int], weight: Optional[Tens
             and x.device.type == "cpu" and len(normalized_shape) == 1 and x.dim() >= 1
             and x.shape[-1] == normalized_shape[0] and x.is_contiguous() and _is_f32_cpu(weight) and _is_f32_cpu(bias)
             and not torch.is_autocast_enabled("cpu") and not traced(x, weight, bias) and _setting() != "aten"):
-        ext = _kernel()
+        ext = load_extension()  # built on first use; None where it cannot be built
         if ext is not None:
             if needs_grad(x, weight, bias):
                 return _LayerNorm.apply(x, weight, bias, float(eps), ext)

@@ -25,11 +25,7 @@
 
 namespace {
 
-using vmamba_cpu::W;
-using vmamba_cpu::vf;
-using vmamba_cpu::vset;
-using vmamba_cpu::loadu;
-using vmamba_cpu::storeu;
+using namespace vmamba_cpu;
 
 #if defined(__AVX512F__)
 constexpr int PB = 4;  // outputs per register block along a row (32 vector registers)

@@ -29,12 +29,7 @@
 
 namespace {
 
-using vmamba_cpu::W;
-using vmamba_cpu::vf;
-using vmamba_cpu::vset;
-using vmamba_cpu::loadu;
-using vmamba_cpu::storeu;
-using vmamba_cpu::lane_sum;
+using namespace vmamba_cpu;
 
 constexpr int64_t ROWS = 16;  // rows per partial-sum block of the backward
 
