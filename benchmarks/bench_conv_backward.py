@@ -1,16 +1,17 @@
-"""Strided convolutions in training: oneDNN's backward against the im2col one of ``vmamba.ops.Conv2d``.
+"""Strided convolutions: oneDNN against the im2col path of ``vmamba.ops.Conv2d``.
 
 Part 1, per shape (the 3x3 stride-2 downsamplers and stems of the zoo at 224 px and a few
-larger maps): one forward and backward of the convolution, channel-last input and weight as in
-the models, oneDNN's (``F.conv2d`` under autograd) against the im2col backward
-(``vmamba.ops.conv._Im2colGradConv``, oneDNN's forward either way), interleaved, median ms,
-a 64 MB buffer written before each call so the weight comes from memory as it does inside a
-model; prints the speed-up (> 1: im2col faster), the largest relative gradient difference and
-whether ``im2col_grad_wins`` picks the im2col backward for the shape.
+larger maps), channel-last input and weight as in the models: one inference forward, and one
+forward and backward, of oneDNN (``F.conv2d``) against the im2col product
+(``vmamba.ops.conv._im2col_conv``) and the im2col autograd function
+(``vmamba.ops.conv._Im2colConv``), interleaved, median ms, a 64 MB buffer written before each
+call so the weight comes from memory as it does inside a model; prints the speed-ups (> 1:
+im2col faster), the largest relative gradient difference and whether ``im2col_wins`` picks the
+im2col path for the shape.
 
-Part 2 (``--models``): whole training steps (forward, cross-entropy, backward) of zoo models with
-the im2col backward switched on and off (its threshold raised out of reach), interleaved rounds,
-each timed step after an untimed one of the same variant, median.
+Part 2 (``--models``): whole training steps (forward, cross-entropy, backward) and inference
+forwards of zoo models with the im2col path switched on and off (its threshold raised out of
+reach), interleaved rounds, each timed step after an untimed one of the same variant, median.
 
 Usage: ``python benchmarks/bench_conv_backward.py [--threads 2] [--batch 1 8] [--rounds 7]
 [--models vmamba_tiny_s1l8] [--model-batch 1 8]``. To see the AVX2 figures on an AVX-512
@@ -46,8 +47,9 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
 
-def bench_shape(cin: int, cout: int, size: int, batch: int, rounds: int) -> tuple[float, float, float]:
-    """(oneDNN ms, im2col ms, largest relative gradient difference) for one shape."""
+def bench_shape(cin: int, cout: int, size: int, batch: int, rounds: int) -> tuple[float, ...]:
+    """(oneDNN ms, im2col ms) forward + backward, the largest relative gradient difference, and
+    (oneDNN ms, im2col ms) of an inference forward, for one shape."""
     g = torch.Generator().manual_seed(0)
     x = _channels_last(torch.randn(batch, cin, size, size, generator=g))
     w = _channels_last(torch.randn(cout, cin, 3, 3, generator=g) * 0.05).requires_grad_()
@@ -61,30 +63,44 @@ def bench_shape(cin: int, cout: int, size: int, batch: int, rounds: int) -> tupl
         if variant == "oneDNN":
             F.conv2d(x_ref, w, b, 2, 1).backward(gy)
             return [x_ref.grad, w.grad, b.grad]
-        conv_mod._Im2colGradConv.apply(x_new, w, b, (2, 2), (1, 1)).backward(gy)
+        conv_mod._Im2colConv.apply(x_new, w, b, (2, 2), (1, 1)).backward(gy)
         return [x_new.grad, w.grad, b.grad]
 
     ref, new = run("oneDNN"), run("im2col")
     err = max(((r - n).abs().max() / r.abs().max().clamp_min(1e-12)).item() for r, n in zip(ref, new))
+    xd, wd, bd = x.detach(), w.detach(), b.detach()
+    forward = {"oneDNN": lambda: F.conv2d(xd, wd, bd, 2, 1),
+               "im2col": lambda: conv_mod._im2col_conv(xd, wd, bd, (2, 2), (1, 1))}
     flush = torch.empty(16 << 20)
-    times: dict[str, list[float]] = {"oneDNN": [], "im2col": []}
+    times: dict[str, list[float]] = {k: [] for k in ("oneDNN", "im2col", "oneDNN fwd", "im2col fwd")}
     for r in range(rounds):
         for variant in (("oneDNN", "im2col") if r % 2 == 0 else ("im2col", "oneDNN")):
             flush.fill_(1.0)
             t0 = time.perf_counter()
             run(variant)
             times[variant].append(time.perf_counter() - t0)
-    return statistics.median(times["oneDNN"]) * 1e3, statistics.median(times["im2col"]) * 1e3, err
+            flush.fill_(1.0)
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                forward[variant]()
+                times[variant + " fwd"].append(time.perf_counter() - t0)
+    ms = {k: statistics.median(t) * 1e3 for k, t in times.items()}
+    return ms["oneDNN"], ms["im2col"], err, ms["oneDNN fwd"], ms["im2col fwd"]
 
 
-def bench_model(name: str, batch: int, rounds: int) -> tuple[float, float]:
-    """(ms per training step with oneDNN's backward, with the im2col one) for a zoo model."""
-    model = vmamba.create_model(name).train()
+def bench_model(name: str, batch: int, rounds: int, train: bool) -> tuple[float, float]:
+    """(ms per training step or inference forward with oneDNN's convolution, with the im2col
+    path) for a zoo model."""
+    model = vmamba.create_model(name, drop_path_rate=0.0).train(train)
     x = torch.randn(batch, 3, 224, 224)
     target = torch.zeros(batch, dtype=torch.long)
     on = conv_mod.IM2COL_MIN_K
 
     def step():
+        if not train:
+            with torch.inference_mode():
+                model(x)
+            return
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), target).backward()
 
@@ -103,7 +119,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--models", nargs="*", default=[], help="zoo models for whole training-step A/Bs")
+    p.add_argument("--models", nargs="*", default=[], help="zoo models for whole-model A/Bs")
+    p.add_argument("--modes", nargs="+", choices=["train", "infer"], default=["train", "infer"])
     p.add_argument("--model-batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--no-shapes", action="store_true", help="only the whole-model A/Bs")
     args = p.parse_args(argv)
@@ -112,19 +129,22 @@ def main(argv=None) -> None:
           f"ATen CPU capability {torch.backends.cpu.get_cpu_capability()}")
     if not args.no_shapes:
         print(f"{'C_in -> C_out':>14} {'map':>5} {'batch':>5} {'oneDNN ms':>10} {'im2col ms':>10} "
-              f"{'speed-up':>9} {'grad diff':>10}  im2col chosen")
+              f"{'speed-up':>9} {'grad diff':>10} {'fwd oneDNN':>11} {'fwd im2col':>11} {'speed-up':>9}  chosen")
         for cin, cout, size in SHAPES:
             for batch in args.batch:
-                a, b, err = bench_shape(cin, cout, size, batch, args.rounds)
-                chosen = conv_mod.im2col_grad_wins((batch, cin, size, size), (cout, cin, 3, 3), (2, 2), (1, 1),
-                                                   (1, 1), 1)
+                a, b, err, fa, fb = bench_shape(cin, cout, size, batch, args.rounds)
+                chosen = conv_mod.im2col_wins((batch, cin, size, size), (cout, cin, 3, 3), (2, 2), (1, 1),
+                                              (1, 1), 1)
                 print(f"{cin:>6} -> {cout:<5} {size:>5} {batch:>5} {a:>10.2f} {b:>10.2f} {a / b:>8.2f}x "
-                      f"{err:>10.1e}  {'yes' if chosen else 'no'}", flush=True)
+                      f"{err:>10.1e} {fa:>11.2f} {fb:>11.2f} {fa / fb:>8.2f}x  {'yes' if chosen else 'no'}",
+                      flush=True)
     for name in args.models:
-        for batch in args.model_batch:
-            a, b = bench_model(name, batch, args.rounds)
-            print(f"{name} training step, batch {batch}: oneDNN backward {a:.1f} ms, im2col backward "
-                  f"{b:.1f} ms, {a / b:.3f}x", flush=True)
+        for mode in args.modes:
+            for batch in args.model_batch:
+                a, b = bench_model(name, batch, args.rounds, mode == "train")
+                kind = "training step" if mode == "train" else "inference"
+                print(f"{name} {kind}, batch {batch}: oneDNN {a:.1f} ms, im2col {b:.1f} ms, {a / b:.3f}x",
+                      flush=True)
 
 
 if __name__ == "__main__":

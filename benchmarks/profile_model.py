@@ -53,13 +53,16 @@ def group_of(name: str) -> str:
     return "other"
 
 
-def build(name: str):
-    """A zoo model, or a timm one for ``timm:NAME``, with 1000 classes, in eval mode."""
+def build(name: str, size: int):
+    """A zoo model, or a timm one for ``timm:NAME``, with 1000 classes, for ``size`` x ``size``
+    inputs (the peer benchmark's builder: position tables sized for ``size``), in eval mode."""
+    from vmamba.analysis.peers import build_model
+
     if name.startswith("timm:"):
         import timm
 
-        return timm.create_model(name[5:], num_classes=1000).eval()
-    return vmamba.create_model(name, num_classes=1000).eval()
+        return build_model(name[5:], size, timm=timm).eval()
+    return build_model(name, size).eval()
 
 
 def profile(model, x, train: bool, reps: int) -> tuple[dict, float, dict]:
@@ -117,7 +120,7 @@ def main(argv=None) -> None:
     rows = []
     for name in args.models:
         try:
-            model = build(name)
+            model = build(name, args.size)
         except Exception as e:  # timm missing or unimportable: say so, profile the rest
             print(f"{name}: skipped ({type(e).__name__}: {e})")
             continue

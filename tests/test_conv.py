@@ -117,7 +117,7 @@ def test_im2col_backward_equals_conv2d(case, channels_last, wants):
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(wants != "weight-only")
     y = conv(x)
-    assert type(y.grad_fn).__name__.startswith("_Im2colGradConv"), "the im2col backward was not taken"
+    assert type(y.grad_fn).__name__.startswith("_Im2colConv"), "the im2col path was not taken"
     gy = torch.randn_like(y)
     y.backward(gy)
     xr = x.detach().clone().requires_grad_()
@@ -125,7 +125,11 @@ def test_im2col_backward_equals_conv2d(case, channels_last, wants):
     br = None if conv.bias is None else conv.bias.detach().clone().requires_grad_()
     yr = F.conv2d(xr, wr, br, 2, 1)
     yr.backward(gy)
-    torch.testing.assert_close(y, yr, rtol=0, atol=0)  # the forward is oneDNN's either way
+    if channels_last and cin * 9 >= 3456:  # the forward is the im2col product, channel-last as oneDNN's
+        torch.testing.assert_close(y, yr, rtol=1e-4, atol=1e-4)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    else:  # oneDNN's (K = 2304 is below the forward's threshold; a contiguous weight keeps oneDNN's)
+        torch.testing.assert_close(y, yr, rtol=0, atol=0)
     torch.testing.assert_close(conv.weight.grad, wr.grad, rtol=1e-4, atol=1e-4)
     assert conv.weight.grad.stride() == conv.weight.stride()  # the gradient in the weight's layout
     if br is not None:
@@ -137,12 +141,37 @@ def test_im2col_backward_equals_conv2d(case, channels_last, wants):
         assert x.grad.stride() == x.stride()
 
 
-def test_im2col_backward_only_where_it_wins():
-    from vmamba.ops.conv import IM2COL_MAX_PIXELS, im2col_grad_wins
+@pytest.mark.parametrize("case", [(2, 512, 24, 9, 8), (1, 384, 16, 14, 14)], ids=["odd-map", "stage4"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_im2col_inference_equals_conv2d(case, bias, mode, monkeypatch):
+    import vmamba.ops.conv as conv_mod
+
+    b, cin, cout, h, w = case
+    conv = _conv(cin, cout, 3, 2, 1, 1, bias)
+    x = torch.randn(b, cin, h, w).contiguous(memory_format=torch.channels_last)
+    calls = []
+    product = conv_mod._im2col_conv
+    monkeypatch.setattr(conv_mod, "_im2col_conv", lambda *a: calls.append(1) or product(*a))
+    with getattr(torch, mode)():
+        y = conv(x)
+        yr = _reference(conv, x)
+    assert calls, "the im2col product was not taken"
+    torch.testing.assert_close(y, yr, rtol=1e-4, atol=1e-4)
+    assert y.shape == yr.shape and y.is_contiguous(memory_format=torch.channels_last)
+    calls.clear()
+    nchw = _conv(cin, cout, 3, 2, 1, 1, bias, channels_last=False)  # a contiguous weight keeps oneDNN's forward
+    with torch.no_grad():
+        torch.testing.assert_close(nchw(x), _reference(nchw, x), rtol=0, atol=0)
+    assert not calls
+
+
+def test_im2col_only_where_it_wins():
+    from vmamba.ops.conv import IM2COL_FORWARD_MAX_PIXELS, IM2COL_MAX_PIXELS, im2col_forward_wins, im2col_wins
 
     def wins(b, cin, h, k=3, stride=2, groups=1, dilation=1):
-        return im2col_grad_wins((b, cin, h, h), (2 * cin, cin // groups, k, k), (stride, stride), (1, 1),
-                                (dilation, dilation), groups)
+        return im2col_wins((b, cin, h, h), (2 * cin, cin // groups, k, k), (stride, stride), (1, 1),
+                           (dilation, dilation), groups)
 
     assert wins(1, 384, 14) and wins(8, 384, 14) and wins(1, 512, 14) and wins(1, 256, 28)
     assert not wins(1, 192, 28)  # K = 1728: oneDNN is as fast
@@ -151,9 +180,18 @@ def test_im2col_backward_only_where_it_wins():
     assert IM2COL_MAX_PIXELS == 1024
     assert not wins(1, 384, 14, k=2) and not wins(1, 384, 14, stride=1)
     assert not wins(1, 384, 14, groups=2) and not wins(1, 384, 14, dilation=2)
+
+    def forward_wins(b, cin, h):
+        return im2col_forward_wins((b, cin, h, h), (2 * cin, cin, 3, 3), (2, 2), (1, 1), (1, 1), 1)
+
+    assert forward_wins(1, 384, 14) and forward_wins(8, 384, 14) and forward_wins(1, 384, 32)
+    assert not forward_wins(1, 256, 28)  # K = 2304: the backward's threshold only
+    assert forward_wins(2, 384, 32) and not forward_wins(3, 384, 32)  # 2 * 16 * 16 = 512 output pixels
+    assert IM2COL_FORWARD_MAX_PIXELS == 512
+    assert not forward_wins(1, 192, 28)
     conv = _conv(384, 8, 3, 2, 1, 1, True)
     x = torch.randn(1, 384, 14, 14, requires_grad=True)
-    with linear_backend("aten"):  # the plain-ATen baseline keeps oneDNN's backward
+    with linear_backend("aten"):  # the plain-ATen baseline keeps oneDNN's convolution
         assert "Im2col" not in type(conv(x).grad_fn).__name__
     conv64 = copy.deepcopy(conv).double()  # float64 keeps the plain convolution
     assert "Im2col" not in type(conv64(x.detach().double().requires_grad_()).grad_fn).__name__
