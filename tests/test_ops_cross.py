@@ -121,12 +121,16 @@ def _call(t, backend, mode="cross2d", projected=True, **kw):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", [(2, 12, 5, 6, 4, 3), (1, 33, 7, 4, 1, 7), (1, 20, 1, 9, 2, 64), (1, 8, 3, 3, 1, 65)],
                          ids=["small", "rank7", "one_row_rank64", "rank65"])
-def test_projected_step_sizes_equal_projecting_first(backend, mode, shape):
+@pytest.mark.parametrize("weight_layout", ["stored", "contiguous"])
+def test_projected_step_sizes_equal_projecting_first(backend, mode, shape, weight_layout):
     """delta_proj_weight gives what projecting the step sizes first gives, values and every gradient
-    (the "cpu" kernel projects them itself up to rank 64; the others, and larger ranks, first)."""
+    (the "cpu" kernel projects them itself up to rank 64, reading the weight in either layout; the
+    others, and larger ranks, first)."""
     b, d, h, w, n, r = shape
     dtype = torch.float32 if backend not in ("torch", "reference") else torch.float64
     t = _projected_inputs(b=b, d=d, h=h, w=w, n=n, r=r, dtype=dtype)
+    if weight_layout == "contiguous":
+        t["weight"] = t["weight"].contiguous()
     leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
     ref_leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
     y = _call(leaves, backend, mode)

@@ -318,10 +318,11 @@ struct Problem {
   const void* u;       // plain: (batch, Dch, L); cross: x (batch, Dch, H, W)
   const void* delta;   // (batch, K * Dch, L), pixel layout for cross; null when projected (dts)
   // cross only, the step sizes projected in the kernel (delta of direction k, channel c at pixel p
-  // = sum_r dtw[k * Dch + c][r] * dts[b, k, r, p]): the low-rank inputs, any strides, u's dtype
+  // = sum_r dtw[k, c, r] * dts[b, k, r, p]): the low-rank inputs, any strides, u's dtype
   const void* dts;
   int64_t sdt[4];      // element strides of dts: batch, direction, rank, pixel
-  const float* dtw;    // (K * Dch, R) fp32
+  const float* dtw;    // (K, Dch, R) fp32, any strides (SS2D stores it as (K, R, Dch) memory)
+  int64_t sw[3];       // element strides of dtw: direction, channel, rank
   int R;
   const void* z;       // plain only: (batch, Dch, L)
   const float* A;      // (K * Dch, N)
@@ -515,7 +516,10 @@ constexpr int MAXR = 64;
 static inline void load_proj_weights(const Problem& P, int64_t sc0, int nl, vf* Wv) {
   for (int r = 0; r < P.R; ++r) {
     Wv[r] = vf{};
-    for (int w = 0; w < nl; ++w) lanes(Wv[r])[w] = P.dtw[(sc0 + w) * P.R + r];
+    for (int w = 0; w < nl; ++w) {
+      const int64_t sc = sc0 + w, k = sc / P.Dch, c = sc - k * P.Dch;
+      lanes(Wv[r])[w] = P.dtw[k * P.sw[0] + c * P.sw[1] + r * P.sw[2]];
+    }
   }
 }
 
@@ -1240,15 +1244,16 @@ Problem make_problem(const at::Tensor& u, const at::Tensor& delta, const at::Ten
                 "vmamba cpu scan: the H and W dims of x and delta must be flattenable");
     P.su[0] = u.stride(0); P.su[1] = u.stride(1); P.su[2] = u.stride(3);
     if (dtw.has_value() && dtw->defined()) {  // delta holds the low-rank dts (batch, K, R, H, W)
-      TORCH_CHECK(dtw->scalar_type() == at::kFloat && dtw->is_contiguous() && dtw->dim() == 2 &&
-                      dtw->size(0) == K * P.Dch && dtw->size(1) == delta.size(2) && dtw->size(1) >= 1 &&
-                      dtw->size(1) <= MAXR,
-                  "vmamba cpu scan: the step-size projection must be a contiguous float32 (K * D, R) tensor with "
+      TORCH_CHECK(dtw->scalar_type() == at::kFloat && dtw->dim() == 3 && dtw->size(0) == K &&
+                      dtw->size(1) == P.Dch && dtw->size(2) == delta.size(2) && dtw->size(2) >= 1 &&
+                      dtw->size(2) <= MAXR,
+                  "vmamba cpu scan: the step-size projection must be a float32 (K, D, R) tensor with "
                   "R = dts.size(2) in [1, ", MAXR, "]");
       P.dts = delta.data_ptr();
       P.delta = nullptr;
       P.dtw = dtw->data_ptr<float>();
-      P.R = static_cast<int>(dtw->size(1));
+      P.sw[0] = dtw->stride(0); P.sw[1] = dtw->stride(1); P.sw[2] = dtw->stride(2);
+      P.R = static_cast<int>(dtw->size(2));
       P.sdt[0] = delta.stride(0); P.sdt[1] = delta.stride(1); P.sdt[2] = delta.stride(2); P.sdt[3] = delta.stride(4);
     } else {
       P.sd[0] = delta.stride(0); P.sd[1] = delta.stride(1); P.sd[2] = delta.stride(2); P.sd[3] = delta.stride(4);
