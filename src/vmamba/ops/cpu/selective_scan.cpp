@@ -47,6 +47,7 @@ using vmamba_cpu::vf;
 using vmamba_cpu::vi;
 using vmamba_cpu::vset;
 using vmamba_cpu::lane_sum;
+using vmamba_cpu::loadu;
 
 #ifndef VMAMBA_MAXN
 #error "VMAMBA_MAXN (the largest d_state) is set by the build in vmamba/ops/scan_cpu.py (MAX_STATE)"
@@ -514,12 +515,17 @@ static inline void step_tile(vf* dt, vf* sig, int tc, vf bias, vf mask, bool sof
 constexpr int MAXR = 64;
 
 static inline void load_proj_weights(const Problem& P, int64_t sc0, int nl, vf* Wv) {
+  // a block's channels are those of one direction: sc0 = k * Dch + c0 with c0 + nl <= Dch
+  const int64_t k = sc0 / P.Dch, c0 = sc0 - k * P.Dch;
+  const float* w0 = P.dtw + k * P.sw[0] + c0 * P.sw[1];
   for (int r = 0; r < P.R; ++r) {
-    Wv[r] = vf{};
-    for (int w = 0; w < nl; ++w) {
-      const int64_t sc = sc0 + w, k = sc / P.Dch, c = sc - k * P.Dch;
-      lanes(Wv[r])[w] = P.dtw[k * P.sw[0] + c * P.sw[1] + r * P.sw[2]];
+    const float* wr = w0 + r * P.sw[2];
+    if (nl == W && P.sw[1] == 1) {  // SS2D's layout: the block's channels are adjacent
+      Wv[r] = loadu(wr);
+      continue;
     }
+    Wv[r] = vf{};
+    for (int w = 0; w < nl; ++w) lanes(Wv[r])[w] = wr[w * P.sw[1]];
   }
 }
 
