@@ -274,3 +274,37 @@ def test_resume_restores_the_log_row_of_an_epoch_killed_between_checkpoint_and_l
     assert [r["epoch"] for r in log.read()] == [1, 2]
     assert log.read()[1]["val_acc1"] == 60.0
     assert (tmp_path / "metrics.csv").read_text().splitlines()[1:] == ["1,50.0", "2,60.0"]
+
+
+def test_loader_workers_start_from_a_fork_server_where_main_is_not_rerun(monkeypatch, folder, tmp_path):
+    """Workers are not forked from the (threaded) training process where the platform has a fork
+    server and the main module is a package's __main__ or absent; a script keeps the default
+    start method (a fork server would run it again in every worker)."""
+    import multiprocessing
+    import types
+    from importlib.machinery import ModuleSpec
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork server on this platform")
+
+    def main_module(spec_name=None, file=None):
+        m = types.ModuleType("__main__")
+        m.__spec__ = ModuleSpec(spec_name, None) if spec_name else None
+        if file:
+            m.__file__ = file
+        return m
+
+    for main, want in ((main_module("vmamba.__main__", "/x/vmamba/__main__.py"), "forkserver"),
+                       (main_module("pytest.__main__", "/x/pytest/__main__.py"), "forkserver"),
+                       (main_module(), "forkserver"),  # an interactive session or notebook
+                       (main_module(None, "/home/me/train_script.py"), None),
+                       (main_module("my_script", "/home/me/my_script.py"), None)):  # python -m my_script
+        monkeypatch.setitem(sys.modules, "__main__", main)
+        assert engine.worker_start_method() == want, main
+    monkeypatch.setitem(sys.modules, "__main__", main_module("vmamba.__main__", "/x/vmamba/__main__.py"))
+    cfg = tiny_config(folder, tmp_path / "run", epochs=1, max_steps_per_epoch=1)
+    data = engine.make_loaders(tiny_config(folder, tmp_path / "run", workers=1), torch.device("cpu"))
+    assert data.train_loader.multiprocessing_context.get_start_method() == "forkserver"
+    assert engine.make_loaders(cfg, torch.device("cpu")).train_loader.multiprocessing_context is None  # workers=0
+    x, y, skipped = next(iter(data.val_loader))  # a worker started by the server loads a batch
+    assert x.shape[0] == y.shape[0] > 0 and skipped == 0

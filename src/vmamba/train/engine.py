@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -34,6 +36,37 @@ class NonFiniteLossError(RuntimeError):
 
 
 # --- data ---------------------------------------------------------------------------------
+
+def worker_start_method() -> str | None:
+    """How the loaders start their worker processes: ``"forkserver"`` where the platform has it and
+    this process's main module is not run again in each worker (``python -m vmamba``, ``torchrun
+    -m vmamba``, ``python -m pytest``: a package's ``__main__``; or an interactive session), else
+    None (the platform's default, ``fork`` on Linux).
+
+    A worker forked from a process whose other threads are creating or deleting Python thread
+    states (DDP's gloo callbacks, the previous loader's exiting queue threads) can block for ever
+    in CPython's after-fork cleanup (seen: an evaluation worker of a two-process CPU run on Python
+    3.11, the other rank waiting in its all-reduce); the fork server is a single-threaded process
+    the workers are forked from instead. A script's own main module would be run again in each
+    worker started that way, so scripts keep the default (they need no ``__main__`` guard)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    main = sys.modules.get("__main__")
+    spec, file = getattr(main, "__spec__", None), getattr(main, "__file__", None)
+    package_main = spec is not None and (spec.name or "").endswith(".__main__")
+    return "forkserver" if package_main or (spec is None and file is None) else None
+
+
+def _worker_context(workers: int):
+    """The multiprocessing context of the loaders (None: the default), see :func:`worker_start_method`."""
+    method = worker_start_method() if workers > 0 else None
+    if method is None:
+        return None
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":  # the server imports the training stack once; its forks inherit it
+        ctx.set_forkserver_preload([__name__])
+    return ctx
+
 
 def collate_skipping(batch):
     """Stack (uint8 image, label) pairs, dropping unreadable images (None); also return how many."""
@@ -95,7 +128,7 @@ def make_loaders(cfg: TrainConfig, device: torch.device) -> Data:
     workers = cfg.workers if cfg.workers >= 0 else (0 if isinstance(getattr(train_ds, "base", train_ds), ArrayDataset)
                                                     else min(8, os.cpu_count() or 1))
     common = dict(num_workers=workers, collate_fn=collate_skipping, pin_memory=device.type == "cuda",
-                  persistent_workers=False)
+                  persistent_workers=False, multiprocessing_context=_worker_context(workers))
     sampler = DistributedSampler(train_ds, dist.world_size(), dist.rank(), shuffle=True, seed=cfg.seed, drop_last=True)
     train_loader = DataLoader(train_ds, cfg.batch_size, sampler=sampler, drop_last=True, **common)
     if len(train_loader) == 0:
