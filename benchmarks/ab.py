@@ -6,6 +6,9 @@ import statistics
 import time
 from typing import Callable
 
+import torch
+import torch.nn.functional as F
+
 
 def interleaved_step_ms(step: Callable[[], None], variants: dict[str, Callable[[], None]],
                         rounds: int) -> dict[str, float]:
@@ -38,3 +41,33 @@ def median_pair(run_a: Callable[[], object], run_b: Callable[[], object], rounds
             (run_a, run_b)[i]()
             times[i].append(time.perf_counter() - t0)
     return statistics.median(times[0]), statistics.median(times[1])
+
+
+def model_step(model: torch.nn.Module, x: torch.Tensor, train: bool) -> Callable[[], None]:
+    """One step of ``model`` on ``x`` as a callable: an inference forward (eval mode, inference
+    mode) or a training step (train mode, forward, cross-entropy against class 0, backward)."""
+    target = torch.zeros(x.shape[0], dtype=torch.long)
+
+    def step() -> None:
+        if not train:
+            model.eval()
+            with torch.inference_mode():
+                model(x)
+            return
+        model.train()
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), target).backward()
+
+    return step
+
+
+def setting_ab(step: Callable[[], None], owner: object, name: str, values: dict[str, object],
+               rounds: int) -> dict[str, float]:
+    """:func:`interleaved_step_ms` over variants that set ``owner.name`` to each of ``values``
+    (variant name -> value); the attribute is restored afterwards."""
+    before = getattr(owner, name)
+    try:
+        return interleaved_step_ms(step, {k: (lambda v=v: setattr(owner, name, v)) for k, v in values.items()},
+                                   rounds)
+    finally:
+        setattr(owner, name, before)

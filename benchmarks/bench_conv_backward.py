@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 
 import vmamba  # noqa: E402
 import vmamba.ops.conv as conv_mod  # noqa: E402
-from ab import interleaved_step_ms  # noqa: E402  (benchmarks/ab.py, beside this script)
+from ab import model_step, setting_ab  # noqa: E402  (benchmarks/ab.py, beside this script)
 
 # (C_in, C_out, input H = W): 3x3 stride 2 padding 1 convolutions of the zoo (tiny at 224 px: the
 # stem's two, the three downsamplers; base's last two; the last one at 512 and 1024 px)
@@ -91,26 +91,8 @@ def bench_shape(cin: int, cout: int, size: int, batch: int, rounds: int) -> tupl
 def bench_model(name: str, batch: int, rounds: int, train: bool) -> tuple[float, float]:
     """(ms per training step or inference forward with oneDNN's convolution, with the im2col
     path) for a zoo model."""
-    model = vmamba.create_model(name, drop_path_rate=0.0).train(train)
-    x = torch.randn(batch, 3, 224, 224)
-    target = torch.zeros(batch, dtype=torch.long)
-    on = conv_mod.IM2COL_MIN_K
-
-    def step():
-        if not train:
-            with torch.inference_mode():
-                model(x)
-            return
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), target).backward()
-
-    def use(k):
-        return lambda: setattr(conv_mod, "IM2COL_MIN_K", k)
-
-    try:
-        ms = interleaved_step_ms(step, {"oneDNN": use(1 << 30), "im2col": use(on)}, rounds)
-    finally:
-        conv_mod.IM2COL_MIN_K = on
+    step = model_step(vmamba.create_model(name, drop_path_rate=0.0), torch.randn(batch, 3, 224, 224), train)
+    ms = setting_ab(step, conv_mod, "IM2COL_MIN_K", {"oneDNN": 1 << 30, "im2col": conv_mod.IM2COL_MIN_K}, rounds)
     return ms["oneDNN"], ms["im2col"]
 
 

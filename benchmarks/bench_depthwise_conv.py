@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 import vmamba  # noqa: E402
 import vmamba.ops.conv as conv_mod  # noqa: E402
 from vmamba.ops.scan_cpu import extension_info, load_extension  # noqa: E402
-from ab import interleaved_step_ms, median_pair  # noqa: E402  (benchmarks/ab.py, beside this script)
+from ab import median_pair, model_step, setting_ab  # noqa: E402  (benchmarks/ab.py, beside this script)
 
 # (batch, channels, map side): vmamba_tiny_s1l8's four stages at 224 px (batch 1 and 8) and 512 px
 SHAPES = [(1, 96, 56), (1, 192, 28), (1, 384, 14), (1, 768, 7), (8, 96, 56), (8, 192, 28), (8, 384, 14),
@@ -70,28 +70,9 @@ def bench_shape(batch: int, channels: int, size: int, rounds: int, ext) -> tuple
 
 def bench_model(name: str, batch: int, mode: str, rounds: int) -> tuple[float, float]:
     """(ms per step with oneDNN's depthwise convolutions, with the kernel's) for a zoo model."""
-    model = vmamba.create_model(name, drop_path_rate=0.0)
-    x = torch.randn(batch, 3, 224, 224)
-    target = torch.zeros(batch, dtype=torch.long)
-    on = conv_mod.DEPTHWISE_MAX_PIXELS
-
-    def step():
-        if mode == "infer":
-            model.eval()
-            with torch.inference_mode():
-                model(x)
-            return
-        model.train()
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), target).backward()
-
-    def use(pixels):
-        return lambda: setattr(conv_mod, "DEPTHWISE_MAX_PIXELS", pixels)
-
-    try:
-        ms = interleaved_step_ms(step, {"oneDNN": use(0), "kernel": use(on)}, rounds)
-    finally:
-        conv_mod.DEPTHWISE_MAX_PIXELS = on
+    step = model_step(vmamba.create_model(name, drop_path_rate=0.0), torch.randn(batch, 3, 224, 224), mode == "train")
+    ms = setting_ab(step, conv_mod, "DEPTHWISE_MAX_PIXELS", {"oneDNN": 0, "kernel": conv_mod.DEPTHWISE_MAX_PIXELS},
+                    rounds)
     return ms["oneDNN"], ms["kernel"]
 
 

@@ -21,7 +21,6 @@ import platform
 import sys
 
 import torch
-import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
@@ -29,7 +28,7 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 import vmamba  # noqa: E402
 import vmamba.ops.norm as norm_mod  # noqa: E402
 from vmamba.ops.scan_cpu import extension_info, load_extension  # noqa: E402
-from ab import interleaved_step_ms, median_pair  # noqa: E402  (benchmarks/ab.py, beside this script)
+from ab import median_pair, model_step, setting_ab  # noqa: E402  (benchmarks/ab.py, beside this script)
 
 # (rows, C): vmamba_tiny_s1l8's stages at 224 px batch 1 and 8, its stem, stage 1 at 512 px
 SHAPES = [(3136, 96), (784, 192), (196, 384), (49, 768), (12544, 48), (25088, 96), (1568, 384), (16384, 96)]
@@ -54,28 +53,10 @@ def bench_shape(rows: int, c: int, rounds: int, ext) -> tuple[float, float, floa
 
 def bench_model(name: str, batch: int, size: int, mode: str, rounds: int) -> tuple[float, float]:
     """(ms per step with ATen's LayerNorm, with the kernel's) for a zoo model."""
-    model = vmamba.create_model(name, drop_path_rate=0.0)
-    x = torch.randn(batch, 3, size, size)
-    target = torch.zeros(batch, dtype=torch.long)
-    kernel = norm_mod.load_extension
-
-    def step():
-        if mode == "infer":
-            model.eval()
-            with torch.inference_mode():
-                model(x)
-            return
-        model.train()
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), target).backward()
-
-    def use(kernel_fn):
-        return lambda: setattr(norm_mod, "load_extension", kernel_fn)
-
-    try:
-        ms = interleaved_step_ms(step, {"ATen": use(lambda: None), "kernel": use(kernel)}, rounds)
-    finally:
-        norm_mod.load_extension = kernel
+    step = model_step(vmamba.create_model(name, drop_path_rate=0.0), torch.randn(batch, 3, size, size),
+                      mode == "train")
+    ms = setting_ab(step, norm_mod, "load_extension", {"ATen": lambda: None, "kernel": norm_mod.load_extension},
+                    rounds)
     return ms["ATen"], ms["kernel"]
 
 

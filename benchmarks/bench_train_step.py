@@ -20,7 +20,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
@@ -28,7 +27,7 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 import vmamba  # noqa: E402
 from vmamba.models.layers import DropPath  # noqa: E402
 from vmamba.utils import cpu_info  # noqa: E402
-from ab import interleaved_step_ms  # noqa: E402  (benchmarks/ab.py, beside this script)
+from ab import model_step, setting_ab  # noqa: E402  (benchmarks/ab.py, beside this script)
 
 
 def optimizer_step_ms(model, reps: int = 15) -> dict[str, float]:
@@ -59,21 +58,8 @@ def drop_path_ab(model, batch: int, rounds: int) -> tuple[float, float]:
     def unfused(self, residual, x):
         return residual + self(x)
 
-    x = torch.randn(batch, 3, 224, 224)
-    target = torch.zeros(batch, dtype=torch.long)
-    model.train()
-
-    def step():
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), target).backward()
-
-    def use(add_to):
-        return lambda: setattr(DropPath, "add_to", add_to)
-
-    try:
-        ms = interleaved_step_ms(step, {"unfused": use(unfused), "add_to": use(fused)}, rounds)
-    finally:
-        DropPath.add_to = fused
+    step = model_step(model, torch.randn(batch, 3, 224, 224), train=True)
+    ms = setting_ab(step, DropPath, "add_to", {"unfused": unfused, "add_to": fused}, rounds)
     return ms["unfused"], ms["add_to"]
 
 
